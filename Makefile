@@ -1,0 +1,61 @@
+# `make run` and `make test` do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# This release lies in the local wheel store of our machines; elsewhere override, e.g.
+# `make install TORCH="torch torchvision"`.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: install data run test test-full lint format bench clean
+
+install: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,sweep]'
+	@# compiled bytecode makes the stack import in ~6 s instead of ~17 s
+	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true
+	touch $(STAMP)
+
+data:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist > /dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) && \
+		echo "Installed Fashion-MNIST into $(FASHION_DIR)"; \
+	else \
+		echo "Fashion-MNIST is missing. On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist;"; \
+		echo "elsewhere download the four idx files from github.com/zalandoresearch/fashion-mnist"; \
+		echo "and run with data.root=THEIR_FOLDER."; \
+	fi
+
+run: install
+	$(PY) run.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+test-full: install
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests run.py
+	$(VENV)/bin/ruff format --check src tests run.py
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format src tests run.py
+	$(VENV)/bin/ruff check --fix src tests run.py
+
+bench: install
+	$(PY) -m deeprecipe.bench
+
+clean:
+	rm -rf logs .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,191 @@
+"""Learning-rate schedules stepped every iteration, each with an optional linear warmup.
+
+Every public function here is a config target (``_partial_: true``); the method calls it with
+the optimizer, ``total_steps`` and ``steps_per_epoch`` once the trainer knows them. Durations in
+the config are in epochs (fractions allowed) because that is how practitioners think of them;
+they are converted to iterations here. The returned ``LambdaLR`` multiplies each group's base
+learning rate by a factor object whose state is saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from deeprecipe.errors import ConfigError
+
+
+@dataclass
+class WarmupFactor:
+    """Learning-rate factor at iteration ``step``: linear warmup, then the decay ``shape``.
+
+    Shapes (``t`` = iterations since the warmup ended, ``T`` = iterations after warmup):
+    ``constant`` 1; ``step`` gamma^floor(t / step_size); ``multistep`` gamma^(milestones
+    passed); ``exponential`` gamma^t; ``cosine`` end + (1 - end)(1 + cos(pi t / T)) / 2;
+    ``linear`` 1 - (1 - end) t / T; ``inverse_sqrt`` sqrt(timescale / (timescale + t)).
+    """
+
+    shape: str
+    warmup_steps: int = 0
+    decay_steps: int = 1
+    gamma: float = 1.0
+    step_size: int = 1
+    milestones: list[int] = field(default_factory=list)
+    end_factor: float = 0.0
+    timescale: float = 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        t = step - self.warmup_steps
+        progress = min(t / max(1, self.decay_steps), 1.0)
+        if self.shape == "constant":
+            return 1.0
+        if self.shape == "step":
+            return self.gamma ** (t // self.step_size)
+        if self.shape == "multistep":
+            return self.gamma ** sum(t >= m for m in self.milestones)
+        if self.shape == "exponential":
+            return self.gamma**t
+        if self.shape == "cosine":
+            return self.end_factor + (1 - self.end_factor) * 0.5 * (
+                1 + math.cos(math.pi * progress)
+            )
+        if self.shape == "linear":
+            return 1.0 - (1.0 - self.end_factor) * progress
+        if self.shape == "inverse_sqrt":
+            return math.sqrt(self.timescale / (self.timescale + t))
+        raise ConfigError(f"Unknown schedule shape {self.shape!r}.")
+
+
+def _steps(epochs: float, steps_per_epoch: int) -> int:
+    return round(epochs * steps_per_epoch)
+
+
+def _build(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float,
+    shape: str,
+    **params,
+) -> LambdaLR:
+    if warmup_epochs < 0:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}; it must be >= 0.")
+    warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
+    factor = WarmupFactor(shape, warmup, max(1, total_steps - warmup), **params)
+    return LambdaLR(optimizer, factor)
+
+
+def constant(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0
+) -> LambdaLR:
+    """The base learning rate throughout (after warmup)."""
+    return _build(optimizer, total_steps, steps_per_epoch, warmup_epochs, "constant")
+
+
+def step(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    step_epochs: float = 30.0,
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+) -> LambdaLR:
+    """Multiply the rate by ``gamma`` every ``step_epochs`` epochs."""
+    step_size = max(1, _steps(step_epochs, steps_per_epoch))
+    return _build(
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "step",
+        gamma=gamma,
+        step_size=step_size,
+    )
+
+
+def multistep(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: Sequence[float] = (30.0, 60.0, 80.0),
+    gamma: float = 0.1,
+    warmup_epochs: float = 0.0,
+) -> LambdaLR:
+    """Multiply the rate by ``gamma`` at each milestone (epochs after warmup)."""
+    marks = [_steps(m, steps_per_epoch) for m in milestones]
+    return _build(
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "multistep",
+        gamma=gamma,
+        milestones=marks,
+    )
+
+
+def exponential(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    gamma: float = 0.95,
+    warmup_epochs: float = 0.0,
+) -> LambdaLR:
+    """Multiply the rate by ``gamma`` per epoch, applied smoothly every iteration."""
+    if not 0.0 < gamma <= 1.0:
+        raise ConfigError(f"scheduler.gamma={gamma}; it must be in (0, 1].")
+    per_step = gamma ** (1.0 / steps_per_epoch)
+    return _build(
+        optimizer, total_steps, steps_per_epoch, warmup_epochs, "exponential", gamma=per_step
+    )
+
+
+def cosine(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    end_factor: float = 0.0,
+) -> LambdaLR:
+    """Half-cosine from the base rate to ``end_factor`` x base at the last iteration."""
+    return _build(
+        optimizer, total_steps, steps_per_epoch, warmup_epochs, "cosine", end_factor=end_factor
+    )
+
+
+def linear(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    end_factor: float = 0.0,
+) -> LambdaLR:
+    """Straight line to ``end_factor`` x base; with warmup this is the one-cycle triangle."""
+    return _build(
+        optimizer, total_steps, steps_per_epoch, warmup_epochs, "linear", end_factor=end_factor
+    )
+
+
+def inverse_sqrt(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    timescale_epochs: float = 1.0,
+) -> LambdaLR:
+    """Decay as 1/sqrt(t) after warmup (Transformer-style), halved after 3 timescales."""
+    timescale = max(1, _steps(timescale_epochs, steps_per_epoch))
+    return _build(
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "inverse_sqrt",
+        timescale=timescale,
+    )

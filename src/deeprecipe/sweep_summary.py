@@ -1,0 +1,157 @@
+"""One summary table per multirun: a row per job, and mean ± std over seeds.
+
+Registered as a Hydra callback (``conf/hydra/default.yaml``), so it runs at the end of every
+multirun whatever the sweeper (basic grid, Optuna random or TPE). It can also be run by hand on
+a sweep dir: ``python -m deeprecipe.sweep_summary logs/multiruns/NAME/DATE``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+SEED_KEYS = ("seed", "+seed")
+
+
+def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One record per job dir (numbered sub-folders): its overrides, status and metrics."""
+    jobs = []
+    for job_dir in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    ):
+        overrides_file = job_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        record: dict[str, Any] = {
+            "job": int(job_dir.name),
+            "overrides": dict(o.split("=", 1) for o in overrides or [] if "=" in o),
+            "metrics": {},
+            "status": "incomplete",
+        }
+        metrics_file = job_dir / "metrics.json"
+        error_file = job_dir / "error.txt"
+        if metrics_file.exists():
+            record["metrics"] = json.loads(metrics_file.read_text())
+            record["status"] = "ok"
+        elif error_file.exists():
+            record["status"] = "failed: " + error_file.read_text().strip().splitlines()[0][:120]
+        jobs.append(record)
+    return jobs
+
+
+def _numeric_metrics(jobs: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for job in jobs:
+        for name, value in job["metrics"].items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if numeric and name != "seed" and name not in names:
+                names.append(name)
+    preferred = [n for n in names if n.startswith(("val/", "test/"))]
+    return preferred + [n for n in names if n not in preferred]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def summarize(sweep_dir: Path) -> tuple[Path, Path] | None:
+    """Write ``summary.csv`` and ``summary.md`` in ``sweep_dir``; return their paths."""
+    jobs = read_jobs(sweep_dir)
+    if not jobs:
+        return None
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job["overrides"] if k not in keys]
+    metric_names = _numeric_metrics(jobs)
+    header = ["job", *keys, "status", *metric_names]
+    rows = [
+        [job["job"], *(job["overrides"].get(k, "") for k in keys), job["status"]]
+        + [job["metrics"].get(name) for name in metric_names]
+        for job in jobs
+    ]
+    csv_path = sweep_dir / "summary.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+    lines = [f"# Sweep summary: {sweep_dir}", "", "## Jobs", ""]
+    lines += _markdown_table(header, [[_fmt(v) for v in row] for row in rows])
+    groups = _group_over_seeds(jobs, keys, metric_names)
+    if groups:
+        group_keys = [k for k in keys if k not in SEED_KEYS]
+        lines += ["", "## Mean ± std over seeds", ""]
+        lines += _markdown_table(
+            ["configuration" if not group_keys else ", ".join(group_keys), "seeds", *metric_names],
+            groups,
+        )
+    md_path = sweep_dir / "summary.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _group_over_seeds(
+    jobs: list[dict[str, Any]], keys: list[str], metric_names: list[str]
+) -> list[list[str]]:
+    """Rows of mean ± std for jobs whose overrides differ only by seed (only if any do)."""
+    if not any(k in SEED_KEYS for k in keys):
+        return []
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for job in jobs:
+        if job["status"] != "ok":
+            continue
+        key = tuple(job["overrides"].get(k, "") for k in keys if k not in SEED_KEYS)
+        groups.setdefault(key, []).append(job)
+    rows = []
+    for key, members in groups.items():
+        row = [", ".join(key) or "(all)", str(len(members))]
+        for name in metric_names:
+            values = [
+                m["metrics"][name]
+                for m in members
+                if isinstance(m["metrics"].get(name), int | float)
+            ]
+            if not values:
+                row.append("")
+            elif len(values) == 1:
+                row.append(f"{values[0]:.4f}")
+            else:
+                row.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        rows.append(row)
+    return rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback: write the sweep's summary table when a multirun ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        written = summarize(sweep_dir)
+        if written:
+            log.info("Sweep summary: %s and %s", *written)
+
+
+if __name__ == "__main__":
+    for folder in sys.argv[1:]:
+        print(summarize(Path(folder)))

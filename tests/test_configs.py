@@ -1,0 +1,109 @@
+"""Every option of every config group composes and instantiates (lightning-hydra-template)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import group_options
+from deeprecipe.augment import Pipeline
+from deeprecipe.data import ImageDataModule
+from deeprecipe.methods import BaseMethod
+from deeprecipe.models import Backbone
+
+GROUPS = ["data", "aug", "model", "method", "optim", "scheduler", "trainer", "logger", "callbacks"]
+
+
+def test_every_group_has_options():
+    for group in [*GROUPS, "experiment", "sweep"]:
+        assert group_options(group), f"conf/{group}/ is empty"
+
+
+@pytest.mark.parametrize("option", group_options("data"))
+def test_data_options(make_cfg, option):
+    overrides = [f"data={option}"]
+    if option == "image_folder":
+        overrides.append("data.num_classes=3")
+    datamodule = instantiate(make_cfg(*overrides).data)
+    assert isinstance(datamodule, ImageDataModule)
+
+
+@pytest.mark.parametrize("option", group_options("aug"))
+def test_aug_options(make_cfg, option):
+    aug = instantiate(make_cfg(f"aug={option}").aug)
+    assert isinstance(aug, Pipeline)
+    x = torch.rand(4, 1, 28, 28)
+    assert aug(x).shape == x.shape
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_model_options(make_cfg, option):
+    model = instantiate(make_cfg(f"model={option}").model)
+    assert isinstance(model, Backbone)
+
+
+@pytest.mark.parametrize("option", group_options("optim"))
+def test_optim_options(make_cfg, option):
+    optimizer = instantiate(make_cfg(f"optim={option}").optim)([torch.nn.Parameter(torch.ones(2))])
+    assert isinstance(optimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("option", group_options("scheduler"))
+def test_scheduler_options(make_cfg, option):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    factory = instantiate(make_cfg(f"scheduler={option}").scheduler)
+    scheduler = factory(optimizer, total_steps=100, steps_per_epoch=10)
+    for _ in range(100):
+        optimizer.step()
+        scheduler.step()
+    assert 0.0 <= optimizer.param_groups[0]["lr"] <= 0.1
+
+
+@pytest.mark.parametrize("option", group_options("method"))
+def test_method_options(make_cfg, option):
+    cfg = make_cfg(f"method={option}")
+    method = instantiate(
+        cfg.method,
+        backbone=instantiate(cfg.model),
+        optimizer=instantiate(cfg.optim),
+        scheduler=instantiate(cfg.scheduler),
+        augment=instantiate(cfg.aug),
+    )
+    assert isinstance(method, BaseMethod)
+
+
+@pytest.mark.parametrize("option", group_options("trainer"))
+def test_trainer_options(make_cfg, option):
+    trainer = instantiate(make_cfg(f"trainer={option}").trainer, logger=False)
+    assert isinstance(trainer, L.Trainer)
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_logger_options(make_cfg, option, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers = [instantiate(node) for node in make_cfg(f"logger={option}").logger.values()]
+    assert loggers
+
+
+@pytest.mark.parametrize("option", group_options("callbacks"))
+def test_callbacks_options(make_cfg, option):
+    callbacks = [instantiate(node) for node in make_cfg(f"callbacks={option}").callbacks.values()]
+    assert all(isinstance(c, L.Callback) for c in callbacks)
+
+
+@pytest.mark.parametrize("name", group_options("experiment"))
+def test_experiments_compose_and_instantiate(make_cfg, name):
+    cfg = make_cfg(f"+experiment={name}")
+    assert cfg.run_name == name
+    instantiate(cfg.data)
+    instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("name", group_options("sweep"))
+def test_sweeps_compose(make_cfg, name):
+    cfg = make_cfg(f"+sweep={name}")
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert "optim.lr" in params

@@ -1,0 +1,149 @@
+"""Data sources read real files, split deterministically and fail with clear messages."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+from conftest import requires_fashion
+from deeprecipe.data import (
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    TorchvisionDataModule,
+)
+from deeprecipe.data.base import TensorBatchDataset
+from deeprecipe.data.fashion_mnist import DEBIAN_ROOT, load_split
+from deeprecipe.errors import ConfigError, CorruptDataError, DataNotFoundError
+
+
+@requires_fashion
+def test_fashion_reads_real_idx_files():
+    train = load_split(Path(DEBIAN_ROOT), "train")
+    test = load_split(Path(DEBIAN_ROOT), "t10k")
+    assert train.images.shape == (60000, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 1, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_fashion_split_stats_and_subsets(fashion):
+    assert (len(fashion.train), len(fashion.val), len(fashion.test)) == (55000, 5000, 10000)
+    # val is carved out of the training set with a fixed seed: same every time
+    again = FashionMNISTDataModule(batch_size=16)
+    again.setup()
+    assert torch.equal(again.val.labels, fashion.val.labels)
+    assert 0.25 < fashion.mean[0] < 0.32 and 0.32 < fashion.std[0] < 0.38
+    pixels = fashion.train.images.float() / 255
+    assert fashion.mean[0] == pytest.approx(pixels.mean().item(), abs=1e-4)
+
+    few = FashionMNISTDataModule(batch_size=16, labels_per_class=7, split_seed=3)
+    few.setup()
+    assert torch.bincount(few.train.labels).tolist() == [7] * 10
+    tenth = FashionMNISTDataModule(batch_size=16, train_fraction=0.1)
+    tenth.setup()
+    assert len(tenth.train) == pytest.approx(5500, abs=10)
+    assert torch.equal(tenth.val.labels, fashion.val.labels)
+
+
+def test_batches_are_uint8_tensors(fashion):
+    batch = next(iter(fashion.train_dataloader()))
+    assert batch.x.shape == (16, 1, 28, 28) and batch.x.dtype == torch.uint8
+    assert batch.y.shape == (16,) and batch.y.dtype == torch.int64
+    dataset = TensorBatchDataset(fashion.train)
+    assert torch.equal(dataset.__getitems__([3, 5]).x[1], dataset[5].x)
+
+
+def test_missing_fashion_names_the_fix(tmp_path):
+    datamodule = FashionMNISTDataModule(root=str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        datamodule.prepare_data()
+
+
+@requires_fashion
+def test_truncated_idx_file_is_named(tmp_path):
+    for name in (
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ):
+        shutil.copy(Path(DEBIAN_ROOT, name), tmp_path / name)
+    with gzip.open(Path(DEBIAN_ROOT, "train-images-idx3-ubyte.gz")) as handle:
+        raw = handle.read()
+    with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(raw[:-100])
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz is truncated"):
+        FashionMNISTDataModule(root=str(tmp_path)).setup()
+
+
+def test_digits_and_label_bounds():
+    datamodule = DigitsDataModule(batch_size=32)
+    datamodule.setup()
+    assert len(datamodule.train) + len(datamodule.val) + len(datamodule.test) == 1797
+    assert datamodule.train.images.max() == 255
+    with pytest.raises(ConfigError, match="labels_per_class=500"):
+        DigitsDataModule(labels_per_class=500).setup()
+    with pytest.raises(CorruptDataError, match="num_classes=5"):
+        DigitsDataModule(num_classes=5).setup()
+
+
+def test_bad_sizes_rejected():
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        DigitsDataModule(batch_size=0)
+    with pytest.raises(ConfigError, match="image_size=28"):
+        DigitsDataModule(image_size=28).setup()
+
+
+def test_torchvision_absent_offline_is_clear(tmp_path):
+    datamodule = TorchvisionDataModule("cifar10", root=str(tmp_path), download=False)
+    with pytest.raises(DataNotFoundError, match="data.download=true"):
+        datamodule.setup()
+
+
+def _write_folder(root: Path, classes: int = 3, per_class: int = 6) -> None:
+    generator = torch.Generator().manual_seed(0)
+    for cls in range(classes):
+        folder = root / f"class{cls}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            image = torch.randint(
+                0, 256, (3, 20 + index, 24), generator=generator, dtype=torch.uint8
+            )
+            write_png(image, str(folder / f"{index}.png"))
+
+
+def test_image_folder_reads_and_resizes(tmp_path):
+    _write_folder(tmp_path)
+    datamodule = ImageFolderDataModule(
+        root=str(tmp_path), num_classes=3, image_size=16, batch_size=4, val_size=2, test_size=3
+    )
+    datamodule.setup()
+    total = len(datamodule.train) + len(datamodule.val) + len(datamodule.test)
+    assert total == 18
+    assert datamodule.train.images.shape[1:] == (3, 16, 16)
+
+
+def test_image_folder_corrupt_file_named_or_skipped(tmp_path):
+    _write_folder(tmp_path)
+    bad = tmp_path / "class1" / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    kwargs = dict(root=str(tmp_path), num_classes=3, image_size=16, batch_size=4, val_size=2)
+    with pytest.raises(CorruptDataError, match="broken.png"):
+        ImageFolderDataModule(**kwargs).setup()
+    datamodule = ImageFolderDataModule(**kwargs, skip_corrupt=True)
+    datamodule.setup()
+    assert datamodule.skipped == [bad]
+
+
+def test_image_folder_empty_class_and_wrong_count(tmp_path):
+    _write_folder(tmp_path)
+    with pytest.raises(ConfigError, match="data.num_classes=3"):
+        ImageFolderDataModule(root=str(tmp_path), num_classes=4, batch_size=2).setup()
+    (tmp_path / "class9").mkdir()
+    with pytest.raises(CorruptDataError, match="class9 holds no images"):
+        ImageFolderDataModule(root=str(tmp_path), num_classes=4, batch_size=2).setup()

@@ -1,0 +1,45 @@
+"""Every model config meets the backbone contract on its data's input shape (timm-style)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import group_options
+from deeprecipe.errors import ConfigError
+from deeprecipe.models import LeNet5, ResNet
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+@pytest.mark.parametrize("data", ["fashion_mnist", "cifar10"])
+def test_forward_backward_contract(make_cfg, option, data):
+    cfg = make_cfg(f"model={option}", f"data={data}")
+    model = instantiate(cfg.model)
+    x = torch.randn(3, cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size)
+    features = model.forward_features(x)
+    assert features.shape == (3, model.num_features)
+    assert torch.isfinite(features).all()
+    assert torch.equal(model(x), features) or not model.training  # forward is forward_features
+    features.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    if option != "timm":
+        assert len(model.stages()) >= 2
+        assert all(isinstance(stage, torch.nn.Module) for stage in model.stages())
+
+
+def test_resnet_depths_and_bad_values():
+    assert sum(p.numel() for p in ResNet(18, 1, 64).parameters()) == pytest.approx(
+        11.17e6, rel=0.01
+    )
+    assert len(ResNet(34, 1, 8).layers[2]) == 6
+    with pytest.raises(ConfigError, match="depth=50"):
+        ResNet(50)
+    with pytest.raises(ConfigError, match="activation"):
+        LeNet5(1, 28, activation="swish")
+
+
+def test_timm_unknown_name(make_cfg):
+    with pytest.raises(ConfigError, match="not a timm model"):
+        instantiate(make_cfg("model=timm", "model.name=no_such_net").model)

@@ -1,0 +1,65 @@
+"""Learning-rate schedules against their closed forms, stepped per iteration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deeprecipe import schedules
+from deeprecipe.errors import ConfigError
+
+
+def lrs(factory, total=100, steps_per_epoch=10, **kwargs):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = factory(optimizer, total_steps=total, steps_per_epoch=steps_per_epoch, **kwargs)
+    values = []
+    for _ in range(total):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_warmup_then_cosine():
+    values = lrs(schedules.cosine, warmup_epochs=1.0)
+    assert values[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    for step in range(10, 100):
+        t = (step - 10) / 90
+        assert values[step] == pytest.approx(0.5 * (1 + math.cos(math.pi * t)))
+
+
+def test_step_multistep_exponential():
+    assert lrs(schedules.step, step_epochs=3, gamma=0.5)[29:31] == pytest.approx([1.0, 0.5])
+    values = lrs(schedules.multistep, milestones=[2, 5], gamma=0.1)
+    assert (
+        values[19] == 1.0 and values[20] == pytest.approx(0.1) and values[50] == pytest.approx(0.01)
+    )
+    values = lrs(schedules.exponential, gamma=0.5)
+    assert values[10] == pytest.approx(0.5) and values[20] == pytest.approx(0.25)
+    assert values[5] == pytest.approx(0.5**0.5)  # smooth within the epoch
+
+
+def test_linear_onecycle_constant_inverse_sqrt():
+    values = lrs(schedules.linear, warmup_epochs=2.0)
+    assert values[19] == pytest.approx(1.0) and values[-1] == pytest.approx(1 / 80)
+    assert max(values) == pytest.approx(1.0)
+    assert set(lrs(schedules.constant)) == {1.0}
+    values = lrs(schedules.inverse_sqrt, warmup_epochs=1.0, timescale_epochs=1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert values[40] == pytest.approx(math.sqrt(10 / 40))
+
+
+def test_schedule_state_survives_checkpoint():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = schedules.cosine(optimizer, total_steps=50, steps_per_epoch=5, warmup_epochs=1)
+    state = scheduler.state_dict()
+    assert state["lr_lambdas"][0]["warmup_steps"] == 5
+
+
+def test_bad_schedule_values():
+    with pytest.raises(ConfigError):
+        lrs(schedules.exponential, gamma=1.5)
+    with pytest.raises(ConfigError):
+        lrs(schedules.cosine, warmup_epochs=-1)
