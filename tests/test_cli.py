@@ -51,6 +51,10 @@ def test_default_run_writes_metrics_plot_and_offline_wandb(tmp_path):
     assert Path(metrics["best_ckpt"]).is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "plots" / "learning_curves.png").stat().st_size > 10_000
+    curves = json.loads((run_dir / "plots" / "learning_curves.json").read_text())
+    assert len(curves["loss"]) == 8  # one point per training step
+    assert [row["epoch"] for row in curves["epochs"]] == [0.0]
+    assert {"train/acc", "val/acc"} <= set(curves["epochs"][0])
     assert (run_dir / "csv" / "metrics.csv").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B did not fall back to offline"
 
@@ -68,6 +72,8 @@ def test_experiment_override(tmp_path):
     config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert config["model"]["hidden_dims"] == [128]
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.5
+    curves = json.loads((run_dir / "plots" / "learning_curves.json").read_text())
+    assert [row["epoch"] for row in curves["epochs"]] == [0.0, 1.0]
 
 
 def test_multirun_writes_summary_with_seed_mean_std(tmp_path):
@@ -165,3 +171,12 @@ def test_negative_learning_rate_rejected_before_training(tmp_path):
     )
     assert result.returncode == 1
     assert "optim.lr=-0.1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_error_inside_a_constructor_is_clean(tmp_path):
+    # Hydra wraps exceptions raised by targets; the user still gets our message alone
+    result = run_cli(
+        f"paths.log_dir={tmp_path}", "+experiment=digits_mlp", "data.batch_size=0", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "data.batch_size=0" in result.stderr and "Traceback" not in result.stderr

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from conftest import group_options
 from deeprecipe.errors import ConfigError
-from deeprecipe.models import LeNet5, ResNet
+from deeprecipe.models import LeNet5, ResNet, TimmBackbone
 
 
 @pytest.mark.parametrize("option", group_options("model"))
@@ -20,11 +20,13 @@ def test_forward_backward_contract(make_cfg, option, data):
     features = model.forward_features(x)
     assert features.shape == (3, model.num_features)
     assert torch.isfinite(features).all()
-    assert torch.equal(model(x), features) or not model.training  # forward is forward_features
+    model.eval()  # dropout off: forward must be forward_features
+    assert torch.equal(model(x), model.forward_features(x))
+    model.train()
     features.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    if option != "timm":
+    if not isinstance(model, TimmBackbone):
         assert len(model.stages()) >= 2
         assert all(isinstance(stage, torch.nn.Module) for stage in model.stages())
 
@@ -40,6 +42,6 @@ def test_resnet_depths_and_bad_values():
         LeNet5(1, 28, activation="swish")
 
 
-def test_timm_unknown_name(make_cfg):
+def test_timm_unknown_name():
     with pytest.raises(ConfigError, match="not a timm model"):
-        instantiate(make_cfg("model=timm", "model.name=no_such_net").model)
+        TimmBackbone("no_such_net")

@@ -72,9 +72,13 @@ def summarize(sweep_dir: Path) -> tuple[Path, Path] | None:
     jobs = read_jobs(sweep_dir)
     if not jobs:
         return None
-    keys: list[str] = []
+    all_keys: list[str] = []
     for job in jobs:
-        keys += [k for k in job["overrides"] if k not in keys]
+        all_keys += [k for k in job["overrides"] if k not in all_keys]
+    # overrides that differ between jobs make the table; those shared by all are listed once
+    values = {k: {job["overrides"].get(k) for job in jobs} for k in all_keys}
+    keys = [k for k in all_keys if len(values[k]) > 1] or [k for k in all_keys if k in SEED_KEYS]
+    common = [f"{k}={job_value}" for k in all_keys if k not in keys for job_value in values[k]]
     metric_names = _numeric_metrics(jobs)
     header = ["job", *keys, "status", *metric_names]
     rows = [
@@ -88,7 +92,10 @@ def summarize(sweep_dir: Path) -> tuple[Path, Path] | None:
         writer.writerow(header)
         writer.writerows(rows)
 
-    lines = [f"# Sweep summary: {sweep_dir}", "", "## Jobs", ""]
+    lines = [f"# Sweep summary: {sweep_dir}", ""]
+    if common:
+        lines += ["Overrides shared by every job: `" + " ".join(common) + "`", ""]
+    lines += ["## Jobs", ""]
     lines += _markdown_table(header, [[_fmt(v) for v in row] for row in rows])
     groups = _group_over_seeds(jobs, keys, metric_names)
     if groups:

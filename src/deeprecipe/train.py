@@ -128,6 +128,15 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def user_error(error: BaseException) -> DeeprecipeError | None:
+    """The :class:`DeeprecipeError` behind ``error``, also when Hydra's ``instantiate`` wrapped it."""
+    while error is not None:
+        if isinstance(error, DeeprecipeError):
+            return error
+        error = error.__cause__  # type: ignore[assignment]
+    return None
+
+
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``run.py``: returns the sweep objective ``cfg.objective``.
 
@@ -138,10 +147,13 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         metrics = run(cfg)
-    except DeeprecipeError as error:
+    except Exception as raised:
+        error = user_error(raised)
+        if error is None:
+            raise
         log.error("%s: %s", type(error).__name__, error)
         if not _is_multirun():
-            raise SystemExit(1) from error
+            raise SystemExit(1) from None
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "error.txt").write_text(f"{type(error).__name__}: {error}\n")

@@ -70,7 +70,10 @@ class LearningCurves(L.Callback):
         self.epochs.append(row)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._snapshot(trainer, trainer.current_epoch)
+        # after a completed last epoch the counter has already moved on to the next one
+        last = trainer.current_epoch - 1
+        recorded = {row["epoch"] for row in self.epochs}
+        self._snapshot(trainer, last if last >= 0 and last not in recorded else last + 1)
         self.save(trainer)
 
     def on_exception(

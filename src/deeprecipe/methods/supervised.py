@@ -59,5 +59,4 @@ class Supervised(BaseMethod):
         loss = F.cross_entropy(logits, batch.y, label_smoothing=self.label_smoothing)
         self.train_metrics.update(logits.detach(), batch.y)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.y))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=len(batch.y))
         return loss

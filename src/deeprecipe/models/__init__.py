@@ -1,0 +1,22 @@
+"""Backbones: plain nn.Modules meeting the contract in :mod:`deeprecipe.models.base`."""
+
+from deeprecipe.models.alexnet import AlexNet
+from deeprecipe.models.base import Backbone
+from deeprecipe.models.googlenet import GoogLeNet
+from deeprecipe.models.lenet import LeNet5
+from deeprecipe.models.mlp import MLP
+from deeprecipe.models.resnet import ResNet, ResNet9
+from deeprecipe.models.timm_backbone import TimmBackbone
+from deeprecipe.models.vgg import VGG
+
+__all__ = [
+    "MLP",
+    "VGG",
+    "AlexNet",
+    "Backbone",
+    "GoogLeNet",
+    "LeNet5",
+    "ResNet",
+    "ResNet9",
+    "TimmBackbone",
+]

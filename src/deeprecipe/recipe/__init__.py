@@ -1,0 +1,1 @@
+"""The lecture's debugging recipe as commands (``python -m deeprecipe.recipe.NAME``)."""

@@ -1,0 +1,137 @@
+"""Parameters and forward FLOPs of a model config, before any training.
+
+The lecture's first step is to know the model: how many parameters it has and how much compute
+one image costs. This composes ``conf/config.yaml`` exactly as ``run.py`` would (any override),
+builds the backbone for the data's image shape and measures both.
+
+Usage::
+
+    python -m deeprecipe.recipe.model_report model=vgg11 [data=cifar10] [OVERRIDE ...]
+    python -m deeprecipe.recipe.model_report --all [data=cifar10]   # Markdown table, every model
+
+FLOPs are those of one forward pass of one image, as counted by
+``torch.utils.flop_counter.FlopCounterMode``: 2 per multiply-add of matrix products,
+convolutions and attention; elementwise work (activations, norms, pooling) is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from deeprecipe.errors import DeeprecipeError
+
+ROOT = Path(__file__).resolve().parents[3]
+CONF = ROOT / "conf"
+
+
+class ModelStats(NamedTuple):
+    """What :func:`model_stats` measures for one model config on one data config."""
+
+    model: str
+    data: str
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    params: int
+    flops: int  # one forward pass, batch 1
+
+
+def compose_config(overrides: Sequence[str]) -> DictConfig:
+    """``conf/config.yaml`` with ``overrides``; paths and run name are plain strings, so no
+    ``${hydra:...}`` interpolation (which needs a running Hydra app) is left to resolve."""
+    plain = [f"paths.root_dir={ROOT}", f"paths.output_dir={ROOT}", "run_name=model_report"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*overrides, *plain], return_hydra_config=True)
+
+
+def count_params_and_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Parameter count and forward FLOPs of ``model`` (in eval mode) on one zero input."""
+    params = sum(p.numel() for p in model.parameters())
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, *input_shape))  # (1, C, H, W)
+    return params, counter.get_total_flops()
+
+
+def model_stats(overrides: Sequence[str]) -> ModelStats:
+    """Compose with ``overrides`` (e.g. ``["model=vgg11", "data=cifar10"]``), build, measure."""
+    cfg = compose_config(overrides)
+    choices = cfg.hydra.runtime.choices
+    input_shape = (cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size)
+    try:
+        model = instantiate(cfg.model)
+    except InstantiationException as error:  # Hydra wraps the model's own ConfigError
+        if isinstance(error.__cause__, DeeprecipeError):
+            raise error.__cause__ from None
+        raise
+    params, flops = count_params_and_flops(model, input_shape)
+    return ModelStats(choices.model, choices.data, input_shape, params, flops)
+
+
+def human(count: int) -> str:
+    """1234567 -> '1.23 M'."""
+    for divisor, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if count >= divisor:
+            return f"{count / divisor:.3g} {suffix}"
+    return str(count)
+
+
+def describe(stats: ModelStats) -> str:
+    """Two lines for one model: what was measured, and the counts."""
+    channels, height, width = stats.input_shape
+    return (
+        f"model={stats.model} data={stats.data} input {channels}x{height}x{width}\n"
+        f"params {stats.params:,} ({human(stats.params)})   "
+        f"FLOPs {stats.flops:,} ({human(stats.flops)}, forward, batch 1)"
+    )
+
+
+def markdown_table(rows: Sequence[ModelStats]) -> str:
+    """One Markdown row per model: input, parameters and forward FLOPs."""
+    lines = [
+        "| model | data | input | params | FLOPs (forward, batch 1) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for row in rows:
+        shape = "x".join(str(side) for side in row.input_shape)
+        lines.append(
+            f"| {row.model} | {row.data} | {shape} | {row.params:,} | {human(row.flops)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m deeprecipe.recipe.model_report",
+        description="Parameters and forward FLOPs of a model config on its data's image shape.",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="a Markdown table over every conf/model/*.yaml"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, e.g. model=vgg11 data=cifar10"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.all:
+            models = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
+            others = [item for item in args.overrides if not item.startswith("model=")]
+            print(markdown_table([model_stats([f"model={name}", *others]) for name in models]))
+        else:
+            print(describe(model_stats(args.overrides)))
+    except (DeeprecipeError, MissingConfigException) as error:  # the user's input: no traceback
+        raise SystemExit(f"model_report: {error}") from None
+
+
+if __name__ == "__main__":
+    main()
