@@ -129,7 +129,7 @@ def _is_multirun() -> bool:
 
 
 def user_error(error: BaseException) -> DeeprecipeError | None:
-    """The :class:`DeeprecipeError` behind ``error``, also when Hydra's ``instantiate`` wrapped it."""
+    """The DeeprecipeError behind `error`, also when Hydra's `instantiate` wrapped it."""
     while error is not None:
         if isinstance(error, DeeprecipeError):
             return error

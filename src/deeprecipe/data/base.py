@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+
 import lightning as L
 import torch
 from torch import Tensor
@@ -72,7 +73,7 @@ def stratified_subset(
     per_class: int | None = None,
     fraction: float | None = None,
 ) -> Tensor:
-    """Indices of a seeded, class-balanced subset: ``per_class`` items or ``fraction`` of each class.
+    """Indices of a seeded, class-balanced subset: `per_class` items or `fraction` of each class.
 
     Raises :class:`ConfigError` when a class has fewer than ``per_class`` items.
     """

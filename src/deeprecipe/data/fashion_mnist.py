@@ -25,7 +25,14 @@ CLASS_NAMES = (
     "Bag",
     "Ankle boot",
 )
-_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -40,7 +47,9 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as handle:
             raw = handle.read()
     except (OSError, EOFError) as error:
-        raise CorruptDataError(f"Cannot read {path}: {error}. Reinstall or re-download it.") from error
+        raise CorruptDataError(
+            f"Cannot read {path}: {error}. Reinstall or re-download it."
+        ) from error
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise CorruptDataError(f"{path} is not an idx file (bad magic number).")
     ndim = raw[3]
@@ -99,7 +108,9 @@ class FashionMNISTDataModule(ImageDataModule):
         image_size: int = 28,
         **kwargs,
     ) -> None:
-        super().__init__(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+        super().__init__(
+            num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs
+        )
         self.root = Path(root)
 
     @property

@@ -71,7 +71,9 @@ class ImageFolderDataModule(ImageDataModule):
     ) -> None:
         if in_chans not in (1, 3):
             raise ConfigError(f"data.in_chans={in_chans}; image folders are read as 1 or 3.")
-        super().__init__(num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs)
+        super().__init__(
+            num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs
+        )
         self.root = Path(root)
         self.test_root = Path(test_root) if test_root else None
         self.skip_corrupt = skip_corrupt

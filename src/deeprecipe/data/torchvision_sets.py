@@ -52,7 +52,9 @@ class TorchvisionDataModule(ImageDataModule):
     def _dataset(self, train: bool, download: bool) -> Any:
         class_name, *_, split_arg = _SOURCES[self.dataset]
         cls = getattr(torchvision.datasets, class_name)
-        split = {"train": train} if split_arg == "train" else {"split": "train" if train else "test"}
+        split = (
+            {"train": train} if split_arg == "train" else {"split": "train" if train else "test"}
+        )
         try:
             return cls(str(self.root / self.dataset), download=download, **split)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError...
@@ -84,4 +86,6 @@ class TorchvisionDataModule(ImageDataModule):
         labels = getattr(dataset, "targets", None)
         if labels is None:  # STL-10
             labels = dataset.labels
-        return ImageArrays(images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long))
+        return ImageArrays(
+            images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        )
