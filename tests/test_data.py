@@ -146,3 +146,17 @@ def test_image_folder_empty_class_and_wrong_count(tmp_path):
     (tmp_path / "class9").mkdir()
     with pytest.raises(CorruptDataError, match="class9 holds no images"):
         ImageFolderDataModule(root=str(tmp_path), num_classes=4, batch_size=2).setup()
+
+
+def test_torchvision_failed_download_is_clear(tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    import torchvision.datasets.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise URLError("Name or service not known")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    datamodule = TorchvisionDataModule("cifar10", root=str(tmp_path), download=True)
+    with pytest.raises(DataNotFoundError, match="download failed.*no internet"):
+        datamodule.prepare_data()

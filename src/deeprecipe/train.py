@@ -10,6 +10,7 @@ import logging
 import math
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from deeprecipe.errors import ConfigError, DeeprecipeError
 from deeprecipe.speed import fastest_precision
 
 log = logging.getLogger(__name__)
+
+# By design the method, not the DataModule, moves batches through augmentation on the device.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 
 if not OmegaConf.has_resolver("fastest_precision"):
     OmegaConf.register_new_resolver("fastest_precision", fastest_precision)
