@@ -1,4 +1,4 @@
-"""`make bench`: the suite's training-step overhead over a plain PyTorch loop.
+"""The suite's training-step overhead over a plain PyTorch loop.
 
 Both loops train the same model (a copy with the same initial weights), with the same optimizer,
 schedule, augmentation and batches, in one process, interleaved in blocks so that machine load
@@ -14,7 +14,7 @@ The verdict is the median, over adjacent pairs of blocks, of the ratio of their 
 be at most 1.03. The ratio of the two overall medians is reported too. Results go to
 ``experiments/bench/overhead.json`` and a Markdown line in ``experiments/bench/overhead.md``.
 
-Usage: ``python -m deeprecipe.bench [--blocks 60] [--block-steps 2] [OVERRIDE ...]`` where the
+Usage: ``python -m deeprecipe.bench.overhead [--blocks 60] [--block-steps 2] [OVERRIDE ...]``; the
 overrides are Hydra overrides of the default config (e.g. ``model=resnet18``).
 """
 
@@ -39,7 +39,7 @@ from hydra import compose, initialize_config_dir
 from deeprecipe.methods.base import BaseMethod, parameter_groups
 from deeprecipe.train import build
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 OUT = ROOT / "experiments" / "bench"
 
 
@@ -159,13 +159,13 @@ def overhead(blocks: int, block_steps: int, overrides: list[str]) -> dict[str, A
     return {
         "what": "median training-step time: suite (Lightning, default callbacks and loggers) "
         "vs a plain PyTorch loop, same model and batches, interleaved in one process",
-        "command": "make bench  (python -m deeprecipe.bench " + " ".join(overrides) + ")",
+        "command": "python -m deeprecipe.bench.overhead " + " ".join(overrides),
         "model": cfg.model._target_.rsplit(".", 1)[-1],
         "model_args": {k: v for k, v in cfg.model.items() if k != "_target_"},
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "batch_size": batch_size,
         "precision": str(trainer.precision),
-        "device": _device(),
+        "device": device_name(),
         "torch": torch.__version__,
         "lightning": L.__version__,
         "steps_each": {"suite": len(timer.suite), "plain": len(timer.plain)},
@@ -183,13 +183,13 @@ def overhead(blocks: int, block_steps: int, overrides: list[str]) -> dict[str, A
     }
 
 
-def _device() -> str:
+def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--block-steps", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = overhead(args.blocks, args.block_steps, args.overrides)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
