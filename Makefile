@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # `make install TORCH="torch torchvision"`.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+FORTUNES_DIR := /usr/share/games/fortunes
 ARGS ?=
 
 .PHONY: install data run test test-full lint format bench clean
@@ -23,17 +24,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true
 	touch $(STAMP)
 
+# Real data from Debian packages: Fashion-MNIST (images) and fortunes (text corpus).
 data:
-	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then \
-		echo "Fashion-MNIST found in $(FASHION_DIR)"; \
+	@missing=""; \
+	[ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -f $(FORTUNES_DIR)/fortunes ] || missing="$$missing fortunes"; \
+	if [ -z "$$missing" ]; then \
+		echo "Data found: $(FASHION_DIR), $(FORTUNES_DIR)"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-		(apt-get install -y -qq dataset-fashion-mnist > /dev/null 2>&1 || \
-		 (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) && \
-		echo "Installed Fashion-MNIST into $(FASHION_DIR)"; \
+		(apt-get install -y -qq $$missing > /dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq $$missing)) && \
+		echo "Installed:$$missing"; \
 	else \
-		echo "Fashion-MNIST is missing. On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist;"; \
-		echo "elsewhere download the four idx files from github.com/zalandoresearch/fashion-mnist"; \
-		echo "and run with data.root=THEIR_FOLDER."; \
+		echo "Missing Debian packages:$$missing. Install them with sudo apt-get install$$missing,"; \
+		echo "or download Fashion-MNIST's idx files (github.com/zalandoresearch/fashion-mnist) and"; \
+		echo "run with data.root=THEIR_FOLDER; any UTF-8 text works with data=fortunes data.path=FILE."; \
 	fi
 
 run: install

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, open_dict
 import deeprecipe.train  # noqa: F401  (registers the config resolvers)
 from deeprecipe.data import FashionMNISTDataModule
 from deeprecipe.data.fashion_mnist import DEBIAN_ROOT
+from deeprecipe.recipe import model_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -75,3 +76,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: i
         text=True,
         timeout=timeout,
     )
+
+
+is_sequence_model = model_report.is_sequence_model
+image_model_options = model_report.image_model_options

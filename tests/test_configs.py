@@ -8,12 +8,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import group_options
+from conftest import group_options, is_sequence_model
 from deeprecipe.augment import Pipeline
-from deeprecipe.data import ImageDataModule
-from deeprecipe.methods import BaseMethod
-from deeprecipe.models import Backbone
+from deeprecipe.data import CharTextDataModule, ImageDataModule
+from deeprecipe.methods import BaseMethod, LanguageModel
+from deeprecipe.models import Backbone, SequenceBackbone
 
+# sequence models and the language model compose with text data instead of the default images
+TEXT_DATA = "data=fortunes"
+LANGUAGE_MODEL = [TEXT_DATA, "model=lstm", "aug=none"]
 GROUPS = ["data", "aug", "model", "method", "optim", "scheduler", "trainer", "logger", "callbacks"]
 
 
@@ -28,7 +31,7 @@ def test_data_options(make_cfg, option):
     if option == "image_folder":
         overrides.append("data.num_classes=3")
     datamodule = instantiate(make_cfg(*overrides).data)
-    assert isinstance(datamodule, ImageDataModule)
+    assert isinstance(datamodule, ImageDataModule | CharTextDataModule)
 
 
 @pytest.mark.parametrize("option", group_options("aug"))
@@ -41,8 +44,9 @@ def test_aug_options(make_cfg, option):
 
 @pytest.mark.parametrize("option", group_options("model"))
 def test_model_options(make_cfg, option):
-    model = instantiate(make_cfg(f"model={option}").model)
-    assert isinstance(model, Backbone)
+    data = [TEXT_DATA] if is_sequence_model(option) else []
+    model = instantiate(make_cfg(*data, f"model={option}").model)
+    assert isinstance(model, Backbone | SequenceBackbone)
 
 
 @pytest.mark.parametrize("option", group_options("optim"))
@@ -64,7 +68,7 @@ def test_scheduler_options(make_cfg, option):
 
 @pytest.mark.parametrize("option", group_options("method"))
 def test_method_options(make_cfg, option):
-    cfg = make_cfg(f"method={option}")
+    cfg = make_cfg(*(LANGUAGE_MODEL if option == "language_model" else []), f"method={option}")
     method = instantiate(
         cfg.method,
         backbone=instantiate(cfg.model),
@@ -72,7 +76,7 @@ def test_method_options(make_cfg, option):
         scheduler=instantiate(cfg.scheduler),
         augment=instantiate(cfg.aug),
     )
-    assert isinstance(method, BaseMethod)
+    assert isinstance(method, BaseMethod | LanguageModel)
 
 
 @pytest.mark.parametrize("option", group_options("trainer"))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import group_options
+from conftest import image_model_options
 from deeprecipe.batches import Labeled
 from deeprecipe.callbacks import NonFiniteLossGuard
 from deeprecipe.errors import NonFiniteLossError
-from deeprecipe.methods.base import parameter_groups
+from deeprecipe.methods.optimization import parameter_groups
 from nan_helpers import PoisonWeightsAt
 
 
@@ -40,7 +40,7 @@ def fast_trainer(**kwargs) -> L.Trainer:
 NARROW = {"resnet18": ["model.width=16"], "resnet34": ["model.width=16"]}
 
 
-@pytest.mark.parametrize("model", group_options("model"))
+@pytest.mark.parametrize("model", image_model_options())
 def test_supervised_fast_dev_run_each_model(make_cfg, fashion, model):
     method = build_method(make_cfg(f"model={model}", *NARROW.get(model, [])))
     before = [p.detach().clone() for p in method.parameters()]

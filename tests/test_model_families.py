@@ -10,7 +10,6 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from conftest import group_options
 from deeprecipe.errors import ConfigError
 from deeprecipe.models import MLP, VGG, AlexNet, GoogLeNet, LeNet5
 from deeprecipe.models.googlenet import Inception
@@ -214,7 +213,7 @@ def test_model_report_prints(make_cfg, capsys):
     assert f"params {params:,}" in out
     model_report.main(["--all", "data=digits"])
     rows = capsys.readouterr().out.strip().splitlines()[2:]
-    assert [row.split(" | ")[0].strip("| ") for row in rows] == group_options("model")
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == model_report.image_model_options()
 
 
 def test_model_report_bad_value_is_a_config_error():

@@ -6,12 +6,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import group_options
+from conftest import image_model_options
 from deeprecipe.errors import ConfigError
 from deeprecipe.models import LeNet5, ResNet, TimmBackbone
 
 
-@pytest.mark.parametrize("option", group_options("model"))
+@pytest.mark.parametrize("option", image_model_options())
 @pytest.mark.parametrize("data", ["fashion_mnist", "cifar10"])
 def test_forward_backward_contract(make_cfg, option, data):
     cfg = make_cfg(f"model={option}", f"data={data}")

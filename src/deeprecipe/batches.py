@@ -17,3 +17,60 @@ class Labeled(NamedTuple):
 
     x: Tensor
     y: Tensor
+
+
+class Tokens(NamedTuple):
+    """A chunk of ``B`` parallel token streams for next-token prediction.
+
+    ``x`` and ``y`` are int64 ``(B, T)``; ``y`` is ``x`` shifted one step ahead in each stream
+    (``y[:, t]`` is the token after ``x[:, t]``). Consecutive batches of one epoch continue the
+    same streams, so a recurrent model may carry its hidden state from one batch to the next.
+    """
+
+    x: Tensor
+    y: Tensor
+
+
+class Views(NamedTuple):
+    """Several augmented views of the same images, for self-supervised methods.
+
+    ``views`` holds V normalized float tensors ``(B, C, H, W)``, view ``v`` of image ``i`` at
+    ``views[v][i]``; ``y`` is the images' int64 labels ``(B,)``, used only by the online linear
+    probe that monitors the representation.
+    """
+
+    views: tuple[Tensor, ...]
+    y: Tensor
+
+
+class Unlabeled(NamedTuple):
+    """Inputs whose labels the method must not train on.
+
+    ``x`` is uint8 ``(B, C, H, W)`` from the DataModule. ``y_hidden`` int64 ``(B,)`` are the true
+    labels, hidden from training and kept only to log how accurate pseudo-labels are.
+    """
+
+    x: Tensor
+    y_hidden: Tensor
+
+
+class Semi(NamedTuple):
+    """One semi-supervised training step: a labelled and an unlabelled batch (usually larger)."""
+
+    labeled: Labeled
+    unlabeled: Unlabeled
+
+
+class SemiViews(NamedTuple):
+    """A :class:`Semi` batch after the device-side augmentation of a two-view method.
+
+    ``labeled`` holds normalized inputs; ``target_view`` and ``student_view`` are two augmented,
+    normalized views ``(B, C, H, W)`` of the same unlabelled images: the targets come from the
+    first (FixMatch's weak view, Mean Teacher's teacher input), the model is trained on the second
+    (FixMatch's strong view, Mean Teacher's student input). ``y_hidden`` as in :class:`Unlabeled`.
+    """
+
+    labeled: Labeled
+    target_view: Tensor
+    student_view: Tensor
+    y_hidden: Tensor

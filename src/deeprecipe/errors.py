@@ -24,3 +24,7 @@ class CorruptDataError(DeeprecipeError):
 
 class NonFiniteLossError(DeeprecipeError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointError(DeeprecipeError):
+    """A checkpoint is missing, unreadable, or does not fit the model it is loaded into."""

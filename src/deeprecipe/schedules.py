@@ -26,7 +26,9 @@ class WarmupFactor:
     Shapes (``t`` = iterations since the warmup ended, ``T`` = iterations after warmup):
     ``constant`` 1; ``step`` gamma^floor(t / step_size); ``multistep`` gamma^(milestones
     passed); ``exponential`` gamma^t; ``cosine`` end + (1 - end)(1 + cos(pi t / T)) / 2;
-    ``linear`` 1 - (1 - end) t / T; ``inverse_sqrt`` sqrt(timescale / (timescale + t)).
+    ``linear`` 1 - (1 - end) t / T; ``inverse_sqrt`` sqrt(timescale / (timescale + t));
+    ``cosine_restarts`` the cosine within each of ``cycles`` equal cycles that split T, cycle k
+    covering ``ceil(k T / cycles) <= t < ceil((k + 1) T / cycles)``.
     """
 
     shape: str
@@ -37,6 +39,7 @@ class WarmupFactor:
     milestones: list[int] = field(default_factory=list)
     end_factor: float = 0.0
     timescale: float = 1.0
+    cycles: int = 1
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -55,11 +58,34 @@ class WarmupFactor:
             return self.end_factor + (1 - self.end_factor) * 0.5 * (
                 1 + math.cos(math.pi * progress)
             )
+        if self.shape == "cosine_restarts":
+            cycle = min(t * self.cycles // self.decay_steps, self.cycles - 1)
+            start, end = self._cycle_start(cycle), self._cycle_start(cycle + 1)
+            return self.end_factor + (1 - self.end_factor) * 0.5 * (
+                1 + math.cos(math.pi * (t - start) / (end - start))
+            )
         if self.shape == "linear":
             return 1.0 - (1.0 - self.end_factor) * progress
         if self.shape == "inverse_sqrt":
             return math.sqrt(self.timescale / (self.timescale + t))
         raise ConfigError(f"Unknown schedule shape {self.shape!r}.")
+
+    def _cycle_start(self, cycle: int) -> int:
+        """First iteration after warmup of restart cycle ``cycle``: ceil(cycle T / cycles)."""
+        return -(-cycle * self.decay_steps // self.cycles)
+
+    def cycle_ended(self, steps_done: int) -> int | None:
+        """The restart cycle that ``steps_done`` optimizer steps have just completed, or None.
+
+        The weights are then at the end of that cycle's decay, the lowest learning rate, where
+        snapshot ensembles take a snapshot; always None for shapes other than
+        ``cosine_restarts``.
+        """
+        t = steps_done - self.warmup_steps
+        if self.shape != "cosine_restarts" or t <= 0:
+            return None
+        cycle = (t - 1) * self.cycles // self.decay_steps  # the cycle of the last step taken
+        return cycle if t == self._cycle_start(cycle + 1) else None
 
 
 def _steps(epochs: float, steps_per_epoch: int) -> int:
@@ -156,6 +182,38 @@ def cosine(
     """Half-cosine from the base rate to ``end_factor`` x base at the last iteration."""
     return _build(
         optimizer, total_steps, steps_per_epoch, warmup_epochs, "cosine", end_factor=end_factor
+    )
+
+
+def cosine_restarts(
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    cycles: int = 5,
+    warmup_epochs: float = 0.0,
+    end_factor: float = 0.0,
+) -> LambdaLR:
+    """Cosine annealing with warm restarts (SGDR, Loshchilov and Hutter 2017) in equal cycles.
+
+    The iterations after warmup split into ``cycles`` equal cycles; each decays from the base
+    rate to ``end_factor`` x base along a half cosine, then the rate jumps back to the base.
+    Snapshot ensembles (Huang et al. 2017) save the model at the end of each cycle
+    (``callbacks=snapshots``) and average the snapshots' predictions after training.
+    """
+    warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
+    if not 1 <= cycles <= total_steps - warmup:
+        raise ConfigError(
+            f"scheduler.cycles={cycles}; it must be between 1 and the {total_steps - warmup} "
+            "iterations after warmup."
+        )
+    return _build(
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "cosine_restarts",
+        end_factor=end_factor,
+        cycles=cycles,
     )
 
 

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from deeprecipe.callbacks import LearningCurves, Throughput
 from deeprecipe.errors import ConfigError, DeeprecipeError
 from deeprecipe.speed import fastest_precision
+from deeprecipe.transfer import load_backbone_weights
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,14 @@ def build(
     """Instantiate the run's datamodule, method and trainer (with its callbacks and loggers)."""
     check_config(cfg)
     datamodule = instantiate(cfg.data)
+    backbone = instantiate(cfg.model)
+    if cfg.get("pretrained"):
+        # before the method exists, so momentum copies (BYOL, MoCo) start from these weights;
+        # a later ckpt_path resume still restores the method's own state over them
+        load_backbone_weights(backbone, cfg.pretrained)
     method = instantiate(
         cfg.method,
-        backbone=instantiate(cfg.model),
+        backbone=backbone,
         optimizer=instantiate(cfg.optim),
         scheduler=instantiate(cfg.scheduler),
         augment=instantiate(cfg.aug),

@@ -117,7 +117,7 @@ def per_image_rate(
 
 def measure(batches: int, workers: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for channels, size in ((1, 28), (3, 32)):
         images = load_images(channels)
         for preset in ("strong", "simclr"):

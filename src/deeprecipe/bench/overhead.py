@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from deeprecipe.methods.base import BaseMethod, parameter_groups
+from deeprecipe.methods.base import BaseMethod
+from deeprecipe.methods.optimization import parameter_groups
 from deeprecipe.train import build
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -8,6 +8,15 @@ from typing import Any
 import lightning as L
 
 
+def count_samples(batch: Any) -> int:
+    """Inputs in a batch: ``len(batch.x)``, summed over the parts of a composite batch (Semi)."""
+    if hasattr(batch, "x"):
+        return len(batch.x)
+    if isinstance(batch, tuple | list):
+        return sum(count_samples(part) for part in batch)
+    return 0
+
+
 class Throughput(L.Callback):
     """Samples per second of the training loop (data, forward, backward, optimizer, logging).
 
@@ -41,7 +50,7 @@ class Throughput(L.Callback):
             self.samples += self._last_size
             self.seconds += now - self._last
         self._last = now
-        self._last_size = trainer.world_size * (len(batch[0]) if isinstance(batch, tuple) else 0)
+        self._last_size = trainer.world_size * count_samples(batch)
         self._seen += 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,16 +1,38 @@
-"""Data sources as LightningDataModules; all yield :class:`deeprecipe.batches.Labeled` batches."""
+"""Data sources as LightningDataModules yielding typed batches (:mod:`deeprecipe.batches`)."""
 
 from deeprecipe.data.base import ImageArrays, ImageDataModule
 from deeprecipe.data.digits import DigitsDataModule
 from deeprecipe.data.fashion_mnist import FashionMNISTDataModule
 from deeprecipe.data.image_folder import ImageFolderDataModule
+from deeprecipe.data.text import CharTextDataModule
 from deeprecipe.data.torchvision_sets import TorchvisionDataModule
 
 __all__ = [
+    "CharTextDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "ImageArrays",
     "ImageDataModule",
     "ImageFolderDataModule",
     "TorchvisionDataModule",
+]
+
+from deeprecipe.data.noisy import (
+    NoisyDigitsDataModule,
+    NoisyFashionMNISTDataModule,
+    NoisyTrainLabels,
+)
+from deeprecipe.data.semi import (
+    SemiDigitsDataModule,
+    SemiFashionMNISTDataModule,
+    SemiSupervised,
+)
+
+__all__ += [
+    "NoisyDigitsDataModule",
+    "NoisyFashionMNISTDataModule",
+    "NoisyTrainLabels",
+    "SemiDigitsDataModule",
+    "SemiFashionMNISTDataModule",
+    "SemiSupervised",
 ]

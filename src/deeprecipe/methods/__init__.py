@@ -1,6 +1,34 @@
-"""Supervision regimes as LightningModules: one BaseMethod, one file per regime."""
+"""Supervision regimes as LightningModules: one BaseMethod, one file per regime.
 
+:class:`LanguageModel` (token streams) is a sibling of BaseMethod; its docstring says why.
+"""
+
+from deeprecipe.methods.barlow_twins import BarlowTwins
 from deeprecipe.methods.base import BaseMethod
+from deeprecipe.methods.byol import BYOL
+from deeprecipe.methods.fixmatch import FixMatch
+from deeprecipe.methods.language_model import LanguageModel
+from deeprecipe.methods.linear_probe import LinearProbe
+from deeprecipe.methods.mean_teacher import MeanTeacher
+from deeprecipe.methods.moco import MoCo
+from deeprecipe.methods.noisy import RobustSupervised
+from deeprecipe.methods.pseudo_label import PseudoLabel
+from deeprecipe.methods.rotation import RotationPrediction
+from deeprecipe.methods.simclr import SimCLR
 from deeprecipe.methods.supervised import Supervised
 
-__all__ = ["BaseMethod", "Supervised"]
+__all__ = [
+    "BYOL",
+    "BarlowTwins",
+    "BaseMethod",
+    "FixMatch",
+    "LanguageModel",
+    "LinearProbe",
+    "MeanTeacher",
+    "MoCo",
+    "PseudoLabel",
+    "RobustSupervised",
+    "RotationPrediction",
+    "SimCLR",
+    "Supervised",
+]

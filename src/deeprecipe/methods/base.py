@@ -1,35 +1,36 @@
 """BaseMethod: what every supervision regime shares.
 
 A method owns the backbone, a linear classification head, the device-side augmentation and
-normalization, the classification metrics of validation and test, and the optimizer and
-learning-rate schedule built from partial configs. A regime subclasses it once and writes
+normalization, the classification metrics of validation and test (plain, and with test-time
+augmentation when ``tta`` is set), and the optimizer and learning-rate schedule built from
+partial configs. A regime subclasses it once and writes
 ``training_step`` (plus its own ``__init__`` arguments).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError
+from deeprecipe.evaluate.tta import check_tta, tta_probabilities
+from deeprecipe.methods.optimization import (
+    OptimizerFactory,
+    SchedulerFactory,
+    configure_optimization,
+)
 from deeprecipe.models.base import Backbone
 
 log = logging.getLogger(__name__)
-
-OptimizerFactory = Callable[..., Optimizer]
-SchedulerFactory = Callable[..., LRScheduler]
 
 
 class Normalize(nn.Module):
@@ -67,21 +68,12 @@ def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
-def parameter_groups(
-    module: nn.Module, weight_decay: float, decay_norm_and_bias: bool
-) -> list[dict[str, Any]]:
-    """Two optimizer groups: weights with ``weight_decay``, norm and bias parameters without.
+def l1_penalty(parameters: Iterable[Tensor]) -> Tensor:
+    """``sum |w|`` over the trainable weight matrices and kernels (ndim > 1) in ``parameters``.
 
-    Norm scales and biases are the 1-D parameters; decaying them only shrinks the function's
-    scale and offsets and is commonly found to hurt (Goyal et al. 2017).
+    Norm scales and biases (1-D) are left out, as weight decay leaves them out by default.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
-    if decay_norm_and_bias:
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
+    return torch.stack([p.abs().sum() for p in parameters if p.ndim > 1 and p.requires_grad]).sum()
 
 
 class BaseMethod(L.LightningModule):
@@ -98,6 +90,10 @@ class BaseMethod(L.LightningModule):
         channels_last: keep convolution inputs and weights in NHWC, faster for oneDNN and
             tensor cores.
         decay_norm_and_bias: also apply weight decay to norm and bias parameters.
+        tta: test-time augmentation of validation and test, ``flip`` or ``flip_crops`` (see
+            :mod:`deeprecipe.evaluate.tta`), logged as ``val/acc_tta`` and ``test/acc_tta`` next
+            to the plain ``val/acc`` and ``test/acc``; it costs 2 or 10 forward passes per batch.
+        tta_padding: padding of the ``flip_crops`` corner crops (the training crop's padding).
     """
 
     def __init__(
@@ -110,6 +106,8 @@ class BaseMethod(L.LightningModule):
         augment: nn.Module | None = None,
         channels_last: bool = True,
         decay_norm_and_bias: bool = False,
+        tta: str | None = None,
+        tta_padding: int = 2,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -126,6 +124,15 @@ class BaseMethod(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, "train/")
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
+        self.tta = check_tta(tta, tta_padding)
+        self.tta_padding = tta_padding
+        self.val_acc_tta = self._tta_accuracy()
+        self.test_acc_tta = self._tta_accuracy()
+
+    def _tta_accuracy(self) -> MulticlassAccuracy | None:
+        if self.tta is None:
+            return None
+        return MulticlassAccuracy(self.num_classes, average="micro", validate_args=False)
 
     # ------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -175,37 +182,34 @@ class BaseMethod(L.LightningModule):
             self.train_metrics.reset()
 
     # ----------------------------------------------------------------- validation and test
-    def _evaluate(self, batch: Labeled, metrics: MetricCollection, prefix: str) -> None:
-        logits = self(batch.x)
+    def _evaluate(
+        self,
+        batch: Labeled,
+        metrics: MetricCollection,
+        tta_accuracy: MulticlassAccuracy | None,
+        prefix: str,
+    ) -> None:
+        logits = self(batch.x)  # (B, num_classes)
         loss = F.cross_entropy(logits, batch.y)
         metrics.update(logits, batch.y)
         self.log(f"{prefix}loss", loss, batch_size=len(batch.y), sync_dist=True)
         self.log_dict(metrics, batch_size=len(batch.y))
+        if self.tta is not None and tta_accuracy is not None:
+            black = self.normalize(batch.x.new_zeros(1, batch.x.shape[1], 1, 1))  # (1, C, 1, 1)
+            probabilities = tta_probabilities(
+                self, batch.x, logits, self.tta, self.tta_padding, black
+            )  # (B, num_classes)
+            tta_accuracy.update(probabilities, batch.y)
+            self.log(f"{prefix}acc_tta", tta_accuracy, batch_size=len(batch.y))
 
     def validation_step(self, batch: Labeled, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val/")
+        self._evaluate(batch, self.val_metrics, self.val_acc_tta, "val/")
 
     def test_step(self, batch: Labeled, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test/")
+        self._evaluate(batch, self.test_metrics, self.test_acc_tta, "test/")
 
     # ------------------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        groups = parameter_groups(self, weight_decay, self.decay_norm_and_bias)
-        optimizer = self.optimizer_factory(groups)
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ConfigError(
-                "The learning-rate schedule needs a known length: set trainer.max_epochs or "
-                "trainer.max_steps (trainer.max_time alone leaves it unknown)."
-            )
-        batches = self.trainer.num_training_batches  # known once estimated_stepping_batches ran
-        accumulate = self.trainer.accumulate_grad_batches
-        steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) else 1
-        scheduler = self.scheduler_factory(
-            optimizer, total_steps=int(total_steps), steps_per_epoch=steps_per_epoch
+        return configure_optimization(
+            self, self.optimizer_factory, self.scheduler_factory, self.decay_norm_and_bias
         )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }

@@ -13,8 +13,11 @@ from torch import Tensor, nn
 from deeprecipe.errors import ConfigError
 from deeprecipe.models.base import Backbone
 from deeprecipe.models.layers import (
+    FractionalMaxPool,
+    check_pool,
     conv_unit,
     init_weights,
+    linear,
     make_activation,
     overlapping_max_pool,
 )
@@ -37,6 +40,10 @@ class AlexNet(Backbone):
         channels: output channels of the five convolutions.
         hidden: width of both FC layers, which is ``num_features``.
         dropout: dropout before each FC layer (the original's 0.5).
+        dropconnect: DropConnect probability of both FC layers' weights (see
+            :class:`~deeprecipe.models.layers.DropConnectLinear`); 0 keeps plain linear layers.
+        pool: ``max`` (the original's overlapping 3x3 stride-2 pools) or ``fractional``
+            (:class:`~deeprecipe.models.layers.FractionalMaxPool`, same output sizes).
         activation: one of :data:`deeprecipe.models.layers.ACTIVATIONS` (the original: relu).
         init: one of :data:`deeprecipe.models.layers.INIT_SCHEMES`.
         relu_bias: initial bias of every layer (see :func:`~deeprecipe.models.layers.init_weights`).
@@ -49,6 +56,8 @@ class AlexNet(Backbone):
         channels: Sequence[int] = (24, 64, 96, 96, 64),
         hidden: int = 256,
         dropout: float = 0.5,
+        dropconnect: float = 0.0,
+        pool: str = "max",
         activation: str = "relu",
         init: str = "kaiming",
         relu_bias: float = 0.0,
@@ -56,14 +65,19 @@ class AlexNet(Backbone):
         super().__init__()
         if len(channels) != 5:
             raise ConfigError(f"AlexNet channels={list(channels)}; give five conv widths.")
+        check_pool("AlexNet", pool)
+
+        def pooling() -> nn.Module:
+            return overlapping_max_pool() if pool == "max" else FractionalMaxPool()
+
         c1, c2, c3, c4, c5 = channels
-        self.block1 = nn.Sequential(conv_unit(in_chans, c1, 5, activation), overlapping_max_pool())
-        self.block2 = nn.Sequential(conv_unit(c1, c2, 5, activation), overlapping_max_pool())
+        self.block1 = nn.Sequential(conv_unit(in_chans, c1, 5, activation), pooling())
+        self.block2 = nn.Sequential(conv_unit(c1, c2, 5, activation), pooling())
         self.block3 = nn.Sequential(
             conv_unit(c2, c3, 3, activation),
             conv_unit(c3, c4, 3, activation),
             conv_unit(c4, c5, 3, activation),
-            overlapping_max_pool(),
+            pooling(),
         )
         side = image_size
         for _ in range(3):
@@ -71,10 +85,10 @@ class AlexNet(Backbone):
         self.fc = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(c5 * side * side, hidden),
+            linear(c5 * side * side, hidden, dropconnect),
             make_activation(activation),
             nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
+            linear(hidden, hidden, dropconnect),
             make_activation(activation),
         )
         self.num_features = hidden

@@ -3,17 +3,20 @@
 The lectures compare activation functions (sigmoid, tanh, ReLU, leaky ReLU, ELU, GELU) and weight
 initializations (small Gaussian, Xavier, Kaiming); these helpers make both a config choice
 (``model.activation``, ``model.init``) for every in-house model except the ResNets, so a study can
-swap them without touching model code.
+swap them without touching model code. The regularizing layers (DropConnect, fractional max
+pooling) live here too, so each in-house model takes them as a config choice.
 """
 
 from __future__ import annotations
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from deeprecipe.errors import ConfigError
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu")
 INIT_SCHEMES = ("default", "gaussian", "xavier", "kaiming")
+MAX_POOLS = ("max", "fractional")
 LEAKY_RELU_SLOPE = 0.1
 _WEIGHTED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -108,3 +111,67 @@ def overlapping_max_pool() -> nn.MaxPool2d:
     """AlexNet's and GoogLeNet's overlapping 3x3 stride-2 max pool, padded by 1 so that a side
     n becomes ceil(n / 2): 28 -> 14 -> 7 -> 4 and 32 -> 16 -> 8 -> 4."""
     return nn.MaxPool2d(3, stride=2, padding=1)
+
+
+class DropConnectLinear(nn.Linear):
+    """A linear layer that drops each weight with probability ``p`` in training (Wan et al. 2013).
+
+    DropConnect is dropout on the weights rather than on the activations. One mask is drawn per
+    forward pass and shared by the batch (the paper's per-sample masks need a (B, out, in)
+    weight tensor); kept weights are scaled by 1 / (1 - p), so the layer is the plain linear
+    map in expectation and evaluation uses the plain weights (the mean network, as inverted
+    dropout does; the paper's Gaussian moment-matching inference is left out). The bias is never
+    dropped. The mask is ``F.dropout`` applied to the weight matrix.
+    """
+
+    def __init__(self, in_features: int, out_features: int, p: float, bias: bool = True) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropconnect={p}; it must be in [0, 1).")
+        super().__init__(in_features, out_features, bias)
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in) -> (B, out)
+        weight = F.dropout(self.weight, self.p, self.training)  # (out, in), zeros where dropped
+        return F.linear(x, weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, p={self.p}"
+
+
+def linear(in_features: int, out_features: int, dropconnect: float = 0.0) -> nn.Linear:
+    """``nn.Linear``, or :class:`DropConnectLinear` when ``dropconnect`` > 0 (same parameters)."""
+    if dropconnect == 0.0:
+        return nn.Linear(in_features, out_features)
+    return DropConnectLinear(in_features, out_features, dropconnect)
+
+
+class FractionalMaxPool(nn.Module):
+    """Fractional max pooling (Graham 2014) that halves each side, rounding up: n -> ceil(n / 2).
+
+    A drop-in for the 2x downsampling max pools of LeNet, AlexNet and VGG (same output sizes),
+    built on ``F.fractional_max_pool2d`` (what ``nn.FractionalMaxPool2d`` calls; the module fixes
+    the output size at construction, here it follows each input). Windows are 3x3, like
+    AlexNet's overlapping pools, at pseudo-randomly spaced positions drawn anew for every image
+    and channel in training: halving a side of n with 3-wide windows needs steps of 2 and a few
+    steps of 1 (one for an even n), and where those fall is random. (With 2x2 windows exactly
+    halving an even side leaves no freedom: it would be plain max pooling. Graham's nets get
+    more randomness from a ratio of 1/sqrt(2) and more pooling layers.) Evaluation uses one fixed
+    draw (u = 0.5) for every image, so it is deterministic; Graham averages over several draws.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, C, ceil(H / 2), ceil(W / 2))
+        height, width = x.shape[-2:]
+        output_size = ((height + 1) // 2, (width + 1) // 2)
+        # 3 wide where the side leaves room (out + 2 <= n), narrower for sides 1 to 3
+        kernel_size = (min(3, height - output_size[0] + 1), min(3, width - output_size[1] + 1))
+        # (B, C, 2) offsets in [0, 1) that place the windows; None draws them at random
+        samples = None if self.training else x.new_full((x.shape[0], x.shape[1], 2), 0.5)
+        return F.fractional_max_pool2d(
+            x, kernel_size, output_size=output_size, _random_samples=samples
+        )
+
+
+def check_pool(owner: str, pool: str, choices: tuple[str, ...] = MAX_POOLS) -> None:
+    """Raise a :class:`ConfigError` naming the ``choices`` unless ``pool`` is one of them."""
+    if pool not in choices:
+        raise ConfigError(f"{owner} pool={pool!r}; choose one of {', '.join(choices)}.")

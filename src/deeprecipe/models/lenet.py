@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from deeprecipe.errors import ConfigError
 from deeprecipe.models.base import Backbone
-from deeprecipe.models.layers import init_weights, make_activation
+from deeprecipe.models.layers import FractionalMaxPool, check_pool, init_weights, make_activation
 
 
 class LeNet5(Backbone):
@@ -14,7 +13,8 @@ class LeNet5(Backbone):
 
     28x28 inputs get 2 pixels of padding in the first convolution so that both sizes reach the
     original 5x5x16 map. ``activation`` is one of :data:`deeprecipe.models.layers.ACTIVATIONS`
-    (the original: ``tanh``); ``pool`` is ``avg`` (the original's subsampling) or ``max``;
+    (the original: ``tanh``); ``pool`` is ``avg`` (the original's subsampling), ``max`` or
+    ``fractional`` (:class:`~deeprecipe.models.layers.FractionalMaxPool`, same output sizes);
     ``init`` is one of :data:`deeprecipe.models.layers.INIT_SCHEMES` (``default`` keeps
     PyTorch's) and ``relu_bias`` the initial bias of every layer (see
     :func:`~deeprecipe.models.layers.init_weights`).
@@ -30,14 +30,18 @@ class LeNet5(Backbone):
         relu_bias: float = 0.0,
     ) -> None:
         super().__init__()
-        if pool not in ("max", "avg"):
-            raise ConfigError(f"LeNet5 pool={pool!r}; choose one of max, avg.")
-        pooling = nn.MaxPool2d if pool == "max" else nn.AvgPool2d
+        check_pool("LeNet5", pool, ("max", "avg", "fractional"))
+
+        def pooling() -> nn.Module:
+            if pool == "fractional":
+                return FractionalMaxPool()
+            return nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)
+
         pad = (32 - image_size) // 2 if image_size < 32 else 0
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_chans, 6, 5, padding=pad), make_activation(activation), pooling(2)
+            nn.Conv2d(in_chans, 6, 5, padding=pad), make_activation(activation), pooling()
         )
-        self.conv2 = nn.Sequential(nn.Conv2d(6, 16, 5), make_activation(activation), pooling(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(6, 16, 5), make_activation(activation), pooling())
         side = (max(image_size, 32) - 4) // 2
         side = (side - 4) // 2
         self.fc = nn.Sequential(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from deeprecipe.models.base import Backbone
-from deeprecipe.models.layers import init_weights, make_activation
+from deeprecipe.models.layers import init_weights, linear, make_activation
 
 
 class MLP(Backbone):
@@ -15,6 +15,8 @@ class MLP(Backbone):
         in_chans, image_size: input shape (C, H, W = image_size).
         hidden_dims: width of each hidden layer; the last is ``num_features``.
         dropout: dropout after each hidden layer.
+        dropconnect: DropConnect probability of every hidden layer's weights (see
+            :class:`~deeprecipe.models.layers.DropConnectLinear`); 0 keeps plain linear layers.
         activation: one of :data:`deeprecipe.models.layers.ACTIVATIONS`.
         init: one of :data:`deeprecipe.models.layers.INIT_SCHEMES`; ``default`` keeps PyTorch's.
         relu_bias: initial bias of every layer (see :func:`~deeprecipe.models.layers.init_weights`).
@@ -26,6 +28,7 @@ class MLP(Backbone):
         image_size: int,
         hidden_dims: tuple[int, ...] = (512, 256),
         dropout: float = 0.0,
+        dropconnect: float = 0.0,
         activation: str = "relu",
         init: str = "default",
         relu_bias: float = 0.0,
@@ -36,7 +39,9 @@ class MLP(Backbone):
         for hidden in hidden_dims:
             layers.append(
                 nn.Sequential(
-                    nn.Linear(width, hidden), make_activation(activation), nn.Dropout(dropout)
+                    linear(width, hidden, dropconnect),
+                    make_activation(activation),
+                    nn.Dropout(dropout),
                 )
             )
             width = hidden

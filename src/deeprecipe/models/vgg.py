@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from deeprecipe.errors import ConfigError
 from deeprecipe.models.base import Backbone
-from deeprecipe.models.layers import conv_unit, init_weights
+from deeprecipe.models.layers import FractionalMaxPool, check_pool, conv_unit, init_weights
 
 # 3x3 convolutions in each of the five stages of configurations A (11), B (13) and D (16)
 _CONVS_PER_STAGE = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3)}
@@ -34,6 +34,8 @@ class VGG(Backbone):
             original and ``num_features`` is 8 x width.
         batch_norm: BatchNorm after every convolution (torchvision's ``vgg*_bn``); without it
             the net is the 2014 original, which needs care with init and learning rate.
+        pool: ``max`` (2x2 stride-2 pools) or ``fractional``
+            (:class:`~deeprecipe.models.layers.FractionalMaxPool`, same output sizes).
         activation: one of :data:`deeprecipe.models.layers.ACTIVATIONS`.
         init: one of :data:`deeprecipe.models.layers.INIT_SCHEMES`.
         relu_bias: initial bias of the convolutions (they have none with ``batch_norm``).
@@ -45,6 +47,7 @@ class VGG(Backbone):
         in_chans: int = 3,
         width: int = 16,
         batch_norm: bool = True,
+        pool: str = "max",
         activation: str = "relu",
         init: str = "kaiming",
         relu_bias: float = 0.0,
@@ -54,6 +57,7 @@ class VGG(Backbone):
             raise ConfigError(f"VGG depth={depth}; choose one of {sorted(_CONVS_PER_STAGE)}.")
         if width < 1:
             raise ConfigError(f"VGG width={width}; use a positive channel count (64: original).")
+        check_pool("VGG", pool)
         stages: list[nn.Module] = []
         chans = in_chans
         for convs, multiplier in zip(_CONVS_PER_STAGE[depth], _STAGE_MULTIPLIERS, strict=True):
@@ -61,7 +65,7 @@ class VGG(Backbone):
             for _ in range(convs):
                 layers.append(conv_unit(chans, width * multiplier, 3, activation, batch_norm))
                 chans = width * multiplier
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            layers.append(nn.MaxPool2d(2, ceil_mode=True) if pool == "max" else FractionalMaxPool())
             stages.append(nn.Sequential(*layers))
         self.layers = nn.Sequential(*stages)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -24,12 +24,13 @@ from typing import NamedTuple
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException, MissingConfigException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from deeprecipe.errors import DeeprecipeError
+from deeprecipe.models.sequence import SequenceBackbone
 
 ROOT = Path(__file__).resolve().parents[3]
 CONF = ROOT / "conf"
@@ -61,6 +62,20 @@ def count_params_and_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tu
     with torch.no_grad(), counter:
         model(torch.zeros(1, *input_shape))  # (1, C, H, W)
     return params, counter.get_total_flops()
+
+
+def is_sequence_model(option: str) -> bool:
+    """Whether ``conf/model/OPTION.yaml`` builds a token-stream backbone (no image input)."""
+    node = OmegaConf.load(CONF / "model" / f"{option}.yaml")
+    assert isinstance(node, DictConfig), f"conf/model/{option}.yaml is not a mapping"
+    target = str(node["_target_"])
+    return issubclass(get_class(target), SequenceBackbone)
+
+
+def image_model_options() -> list[str]:
+    """Every model config that takes images (the sequence-over-rows adapters included)."""
+    options = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
+    return [option for option in options if not is_sequence_model(option)]
 
 
 def model_stats(overrides: Sequence[str]) -> ModelStats:
@@ -116,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Parameters and forward FLOPs of a model config on its data's image shape.",
     )
     parser.add_argument(
-        "--all", action="store_true", help="a Markdown table over every conf/model/*.yaml"
+        "--all", action="store_true", help="a Markdown table over every image model config"
     )
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. model=vgg11 data=cifar10"
@@ -124,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.all:
-            models = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
+            models = image_model_options()
             others = [item for item in args.overrides if not item.startswith("model=")]
             print(markdown_table([model_stats([f"model={name}", *others]) for name in models]))
         else:

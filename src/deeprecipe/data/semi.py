@@ -1,0 +1,125 @@
+"""Semi-supervised splits: a few labelled training images per class, the rest unlabelled.
+
+:class:`SemiSupervised` is mixed in front of a source DataModule
+(``class SemiFashionMNISTDataModule(SemiSupervised, FashionMNISTDataModule)``). After the
+source's setup it splits the training split into a class-balanced labelled set of
+``labels_per_class`` images per class and an unlabelled set of all the others (disjoint). The
+training loader yields :class:`~deeprecipe.batches.Semi` batches through Lightning's
+``CombinedLoader``: an epoch is one pass over the unlabelled set in batches of
+``mu * batch_size``, and the labelled set is reshuffled and repeated as often as needed to give
+every step a labelled batch of ``batch_size`` (as FixMatch does with 40 labels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from deeprecipe.batches import Semi, Unlabeled
+from deeprecipe.data.base import (
+    ImageArrays,
+    ImageDataModule,
+    TensorBatchDataset,
+    keep_batch,
+    stratified_subset,
+)
+from deeprecipe.data.digits import DigitsDataModule
+from deeprecipe.data.fashion_mnist import FashionMNISTDataModule
+from deeprecipe.errors import ConfigError
+
+
+class UnlabeledBatchDataset(Dataset):
+    """Like :class:`TensorBatchDataset`, but yields :class:`Unlabeled` (labels kept hidden)."""
+
+    def __init__(self, arrays: ImageArrays) -> None:
+        self.arrays = arrays
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int) -> Unlabeled:
+        return Unlabeled(self.arrays.images[index], self.arrays.labels[index])
+
+    def __getitems__(self, indices: list[int]) -> Unlabeled:
+        index = torch.as_tensor(indices)
+        return Unlabeled(self.arrays.images[index], self.arrays.labels[index])
+
+
+class SemiSupervised(ImageDataModule):
+    """Labelled + unlabelled training batches for the semi-supervised methods.
+
+    Args:
+        labels_per_class: labelled training images per class (balanced, seeded by
+            ``split_seed``); every other training image is unlabelled.
+        mu: unlabelled images per labelled image in a step (FixMatch's mu): the unlabelled
+            batch holds ``mu * batch_size`` images.
+        **kwargs: the source's arguments (``batch_size`` is the labelled batch size).
+    """
+
+    def __init__(self, labels_per_class: int = 25, mu: int = 7, **kwargs: Any) -> None:
+        if kwargs.get("train_fraction", 1.0) != 1.0:
+            raise ConfigError("data.train_fraction does not apply to semi-supervised data.")
+        super().__init__(**kwargs)
+        if labels_per_class < 1:
+            raise ConfigError(f"data.labels_per_class={labels_per_class}; it must be >= 1.")
+        if mu < 1:
+            raise ConfigError(f"data.mu={mu}; it must be a positive integer.")
+        # Not the base class's labels_per_class, which would drop the unlabelled images.
+        self.semi_labels_per_class = labels_per_class
+        self.mu = mu
+        self.unlabeled: ImageArrays | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.unlabeled is not None:
+            return
+        super().setup(stage)
+        assert self.train is not None
+        generator = torch.Generator().manual_seed(self.split_seed)
+        labeled = stratified_subset(
+            self.train.labels, self.num_classes, generator, per_class=self.semi_labels_per_class
+        )  # (K * labels_per_class,)
+        is_unlabeled = torch.ones(len(self.train), dtype=torch.bool)
+        is_unlabeled[labeled] = False
+        unlabeled = self.train.take(torch.nonzero(is_unlabeled).flatten())
+        if len(unlabeled) < self.mu * self.batch_size:
+            raise ConfigError(
+                f"{len(unlabeled)} unlabelled images are fewer than one unlabelled batch of "
+                f"data.mu * data.batch_size = {self.mu * self.batch_size}; lower either."
+            )
+        self.train, self.unlabeled = self.train.take(labeled), unlabeled
+
+    def train_dataloader(self) -> CombinedLoader:  # type: ignore[override]
+        if self.train is None or self.unlabeled is None:
+            raise RuntimeError("Call setup() before asking for a dataloader.")
+        unlabeled_batch = self.mu * self.batch_size
+        steps = len(self.unlabeled) // unlabeled_batch
+        common: dict[str, Any] = {
+            "collate_fn": keep_batch,
+            "drop_last": True,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        unlabeled = DataLoader(
+            UnlabeledBatchDataset(self.unlabeled),
+            batch_size=unlabeled_batch,
+            shuffle=True,
+            **common,
+        )
+        # Fresh permutations of the labelled set, concatenated to fill the epoch's steps.
+        labeled_set = TensorBatchDataset(self.train)
+        sampler = RandomSampler(labeled_set, num_samples=steps * self.batch_size)
+        labeled = DataLoader(labeled_set, batch_size=self.batch_size, sampler=sampler, **common)
+        # A Semi of loaders: the CombinedLoader yields a Semi of batches.
+        return CombinedLoader(Semi._make((labeled, unlabeled)), mode="max_size_cycle")
+
+
+class SemiFashionMNISTDataModule(SemiSupervised, FashionMNISTDataModule):
+    """Fashion-MNIST with ``labels_per_class`` labelled training images per class."""
+
+
+class SemiDigitsDataModule(SemiSupervised, DigitsDataModule):
+    """scikit-learn's digits with few labels (for second-long tests)."""
