@@ -34,21 +34,21 @@ class NonFiniteLayer(NamedTuple):
         return f"The first layer with a non-finite output is '{self.name}' ({self.kind}): {cause}."
 
 
-def _tensors(value: Any) -> Iterator[Tensor]:
-    """Every floating-point tensor in a (nested) tuple, list or dict output."""
+def floating_tensors(value: Any) -> Iterator[Tensor]:
+    """Every floating-point tensor in a module's (nested tuple, list or dict) output or inputs."""
     if isinstance(value, Tensor):
-        if value.is_floating_point() or value.is_complex():
+        if value.is_floating_point():
             yield value
     elif isinstance(value, tuple | list):
         for item in value:
-            yield from _tensors(item)
+            yield from floating_tensors(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _tensors(item)
+            yield from floating_tensors(item)
 
 
 def _finite(value: Any) -> bool:
-    return all(bool(torch.isfinite(tensor).all()) for tensor in _tensors(value))
+    return all(bool(torch.isfinite(tensor).all()) for tensor in floating_tensors(value))
 
 
 def first_non_finite_layer(root: nn.Module, forward: Callable[[], Any]) -> NonFiniteLayer | None:

@@ -95,18 +95,18 @@ def merge_overrides(user: Sequence[str], step_choices: Sequence[str]) -> list[st
     return [item for item in step_choices if override_key(item) not in chosen] + list(user)
 
 
-def compose_config(overrides: Sequence[str], output_dir: Path | None = None) -> DictConfig:
+def compose_config(overrides: Sequence[str]) -> DictConfig:
     """``conf/config.yaml`` with ``overrides``, rooted at the current directory like ``run.py``.
 
     ``${hydra:...}`` interpolations (run name, paths) resolve as in a run: the Hydra config is
-    registered with the runtime dir set to ``output_dir`` (or, if None, the current directory).
+    registered, with the current directory as run dir until :func:`set_runtime_dir` moves it.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
     with read_write(cfg.hydra), open_dict(cfg):
         cfg.hydra.runtime.cwd = os.getcwd()
-    set_runtime_dir(cfg, output_dir or Path.cwd())
+    set_runtime_dir(cfg, Path.cwd())
     return cfg
 
 
@@ -129,14 +129,6 @@ def compose_step(
 
 def timestamp() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-
-
-def with_output_dir(cfg: DictConfig, output_dir: Path) -> DictConfig:
-    """A copy of ``cfg`` whose run (checkpoints, loggers, plots) writes into ``output_dir``."""
-    cfg = copy.deepcopy(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def set_present(cfg: DictConfig, values: dict[str, Any]) -> list[str]:
@@ -199,7 +191,6 @@ def train(
     datamodule: L.LightningDataModule,
     output_dir: Path,
     callbacks: Sequence[L.Callback] = (),
-    curves_window: int = 10,
     **trainer_overrides: Any,
 ) -> Training:
     """Fit the run of ``cfg`` on ``datamodule`` without validation, writing into ``output_dir``.
@@ -208,10 +199,12 @@ def train(
     weights and see the same batches. A NaN/Inf loss ends the training and is returned, not
     raised. The learning-curve plot lands in ``output_dir/plots``.
     """
-    cfg = with_output_dir(cfg, output_dir)
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)  # checkpoints, loggers and plots go there
     drop_validation_callbacks(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    curves = LearningCurves(window=curves_window)
+    curves = LearningCurves(window=10)  # short trainings: a short moving average
     _, method, trainer = build(
         cfg,
         extra_callbacks=(curves, *callbacks),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from torch.autograd.gradcheck import GradcheckError
 from torch.func import functional_call
 
 from deeprecipe import augment, losses
+from deeprecipe.callbacks.layer_guard import floating_tensors
 from deeprecipe.methods.base import BaseMethod
 from deeprecipe.recipe.common import StepResult, compose_step
 from deeprecipe.train import build
@@ -74,34 +75,19 @@ class Check:
     note: str
 
 
-def _tensors(value: Any) -> Iterator[Tensor]:
-    """Floating-point tensors in a (nested) tuple, list or dict."""
-    if isinstance(value, Tensor):
-        if value.is_floating_point():
-            yield value
-    elif isinstance(value, tuple | list):
-        for item in value:
-            yield from _tensors(item)
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-
-
 def check_function(
     component: str,
     kind: str,
     function: Callable[..., Any],
     inputs: tuple[Any, ...],
     exhaustive_limit: int = 256,
-    kwargs: dict[str, Any] | None = None,
 ) -> Check:
-    """gradcheck of ``function(*inputs, **kwargs)`` w.r.t. its floating-point tensor inputs.
+    """gradcheck of ``function(*inputs)`` w.r.t. its floating-point tensor inputs.
 
     Other inputs (labels, flags) are held fixed; outputs that do not depend differentiably on the
     inputs are left out; the global RNG is reseeded identically for every call.
     """
-    kwargs = kwargs or {}
-    positions = [i for i, x in enumerate(inputs) if isinstance(x, Tensor) and x.is_floating_point()]
+    positions = [i for i, x in enumerate(inputs) if _floating(x)]
     if not positions:
         return Check(component, kind, "skipped", "no floating-point tensor input")
     leaves = tuple(inputs[i].detach().double().requires_grad_() for i in positions)
@@ -112,8 +98,8 @@ def check_function(
             arguments[position] = value.clone()  # the component may work in place
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            output = function(*arguments, **kwargs)
-        return tuple(t for t in _tensors(output) if t.requires_grad)
+            output = function(*arguments)
+        return tuple(t for t in floating_tensors(output) if t.requires_grad)
 
     try:
         differentiable = frozen(*leaves)
@@ -163,8 +149,8 @@ def directional_check(
     outputs = function(*leaves)
     for _ in range(directions):
         steps = [torch.randn_like(leaf) for leaf in leaves]
-        norm = torch.sqrt(sum((step**2).sum() for step in steps))
-        steps = [step / norm for step in steps]
+        norm = torch.linalg.vector_norm(torch.stack([step.norm() for step in steps]))
+        steps = [step / norm for step in steps]  # one unit direction over all inputs
         weights = [torch.randn_like(output) for output in outputs]
         grads = torch.autograd.grad(outputs, leaves, weights, retain_graph=True, allow_unused=True)
         analytical = sum(

@@ -70,28 +70,28 @@ def diagnose(training: Training, examples: int, lr: float) -> tuple[bool, str]:
     last = moving_average_tail(losses, 5) if losses else math.nan
     accuracy = max((row.get("train/acc", 0.0) for row in epochs), default=0.0)
     reached = next((row for row in epochs if row.get("train/acc", 0.0) >= 1.0), None)
-    trend = f"loss {first:.3f} -> {last:.3f}"
+    trend = f"{first:.3f} -> {last:.3f} (mean of the last 5 steps)"
+    setting = f"optim.lr={lr:g}, {len(epochs)} epochs"
     if training.diverged is not None or not math.isfinite(last) or last > 2 * first:
         where = f"NaN/Inf after {len(losses)} steps" if training.diverged else trend
         return False, (
-            f"loss explodes ({where}) at optim.lr={lr:g}: LR too high (or a bad init); "
-            "lower optim.lr 3-10x"
+            f"loss explodes: LR too high or bad init (loss {where}, {setting}); lower optim.lr "
+            "3-10x"
         )
     if reached is not None:
         epoch = int(reached["epoch"]) + 1
         return True, (
             f"100% training accuracy on {examples} examples after {epoch} epochs "
-            f"({int(reached['step'])} steps), {trend}"
+            f"({int(reached['step'])} steps), loss {first:.3f} -> {losses[-1]:.3f}"
         )
-    ran = len(epochs)
     if last > 0.9 * first:
         return False, (
-            f"loss not going down ({trend} in {ran} epochs) at optim.lr={lr:g}: LR too low or "
-            "a bad init; raise optim.lr 3-10x and check the initial_loss step"
+            f"loss not going down: LR too low or bad init (loss {trend}, {setting}); raise "
+            "optim.lr 3-10x and run the initial_loss step"
         )
     return False, (
-        f"loss going down ({trend}) but training accuracy only {accuracy:.0%} after {ran} "
-        "epochs: train longer (--epochs), raise optim.lr, or use a bigger model"
+        f"loss going down ({trend}) but training accuracy only {accuracy:.0%} ({setting}): "
+        "train longer (--epochs), raise optim.lr, or use a bigger model"
     )
 
 

@@ -9,6 +9,7 @@ the step reads the jobs back and reports the best.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -49,8 +50,8 @@ class SweepPlan:
         ]
 
     def shell_command(self) -> str:
-        quoted = [f"'{part}'" if "(" in part or " " in part else part for part in self.command()]
-        return " ".join(["python", *quoted[1:]])
+        """:meth:`command` for a shell, with ``python`` for this interpreter."""
+        return shlex.join(["python", *self.command()[1:]])
 
     def preset_yaml(self) -> str:
         """The preset with this plan's values, ready to copy into ``conf/sweep/``."""
