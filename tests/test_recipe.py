@@ -17,6 +17,7 @@ from deeprecipe.errors import ConfigError, DataNotFoundError, NonFiniteLossError
 from deeprecipe.recipe import coarse, curves, gradcheck, initial_loss, lr_find, overfit, refine
 from deeprecipe.recipe.__main__ import main
 from deeprecipe.recipe.common import Training, build_classifier, merge_overrides
+from deeprecipe.train import user_error
 
 DIGITS_MLP = ("data=digits", "model=mlp", "model.hidden_dims=[32]", *QUIET)
 
@@ -29,6 +30,7 @@ def test_initial_loss_passes_on_a_correct_model_and_fails_with_logits_scaled(mak
     datamodule, method = build_classifier(cfg)
     datamodule.setup("fit")
     with torch.no_grad():  # logits x 100: the net starts confidently wrong
+        method.head.reset_parameters()  # PyTorch's init (the suite's default head starts at 0)
         method.head.weight.mul_(100)
         method.head.bias.mul_(100)
     broken = initial_loss.check(method, datamodule)
@@ -255,3 +257,21 @@ def test_all_launches_both_sweeps_and_reads_their_curves(tmp_path, monkeypatch):
         assert (tmp_path / "all" / step / "sweep" / "summary.md").is_file()
     best = json.loads((tmp_path / "all" / "refine" / "result.json").read_text())["values"]["best"]
     assert best["val/acc"] > 0.5
+
+
+def test_default_model_passes_initial_loss_and_pytorch_head_init_fails_it(make_cfg, fashion):
+    """The default ResNet-9 starts at log(10) only because its head starts at zero."""
+    cfg = make_cfg(*QUIET)
+    datamodule, method = build_classifier(cfg)
+    assert method.head.weight.abs().sum() == 0 and method.head.bias.abs().sum() == 0
+    result = initial_loss.check(method, fashion)
+    assert result.passed is True, result.verdict
+    assert result.values["loss"] == pytest.approx(math.log(10), abs=1e-4)
+    _, pytorch_init = build_classifier(make_cfg(*QUIET, "method.head_init=default"))
+    assert initial_loss.check(pytorch_init, fashion).passed is False
+
+
+def test_unknown_head_init_is_a_config_error(make_cfg):
+    with pytest.raises(Exception, match="head_init") as raised:
+        build_classifier(make_cfg(*DIGITS_MLP, "method.head_init=ones"))
+    assert isinstance(user_error(raised.value), ConfigError)

@@ -94,6 +94,10 @@ class BaseMethod(L.LightningModule):
             :mod:`deeprecipe.evaluate.tta`), logged as ``val/acc_tta`` and ``test/acc_tta`` next
             to the plain ``val/acc`` and ``test/acc``; it costs 2 or 10 forward passes per batch.
         tta_padding: padding of the ``flip_crops`` corner crops (the training crop's padding).
+        head_init: ``zero`` (default) starts the linear head at zero weights and bias, so the
+            untrained classifier predicts the uniform distribution and its loss is exactly
+            log(C), the lecture's step-1 check (PyTorch's default init gave ResNet-9 an initial
+            loss of 3.5 against log(10) = 2.3); ``default`` keeps PyTorch's uniform init.
     """
 
     def __init__(
@@ -108,12 +112,18 @@ class BaseMethod(L.LightningModule):
         decay_norm_and_bias: bool = False,
         tta: str | None = None,
         tta_padding: int = 2,
+        head_init: str = "zero",
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ConfigError(f"num_classes={num_classes}; a classifier needs at least 2.")
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
+        if head_init == "zero":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        elif head_init != "default":
+            raise ConfigError(f"method.head_init={head_init!r}; choose zero or default.")
         self.augment = augment
         self.normalize = Normalize(in_chans)
         self.optimizer_factory = optimizer

@@ -46,6 +46,7 @@ class Supervised(BaseMethod):
         tta_padding: int = 2,
         channels_last: bool = True,
         decay_norm_and_bias: bool = False,
+        head_init: str = "zero",
     ) -> None:
         super().__init__(
             backbone,
@@ -58,6 +59,7 @@ class Supervised(BaseMethod):
             decay_norm_and_bias=decay_norm_and_bias,
             tta=tta,
             tta_padding=tta_padding,
+            head_init=head_init,
         )
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"method.label_smoothing={label_smoothing}; it must be in [0, 1).")

@@ -12,6 +12,8 @@ Usage::
 FLOPs are those of one forward pass of one image, as counted by
 ``torch.utils.flop_counter.FlopCounterMode``: 2 per multiply-add of matrix products,
 convolutions and attention; elementwise work (activations, norms, pooling) is not counted.
+LSTM layers run as one fused op that the counter does not see; their matrix products are counted
+here from the layer sizes the same way (4 gates x 2 x hidden x (input + hidden) per step).
 """
 
 from __future__ import annotations
@@ -54,14 +56,52 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
         return compose("config", overrides=[*overrides, *plain], return_hydra_config=True)
 
 
+def lstm_flops(lstm: nn.LSTM, batch: int, steps: int) -> int:
+    """Matrix-product FLOPs of one forward pass of ``lstm`` over ``steps`` x ``batch`` inputs."""
+    directions = 2 if lstm.bidirectional else 1
+    hidden = lstm.proj_size or lstm.hidden_size
+    total = 0
+    for layer in range(lstm.num_layers):
+        inputs = lstm.input_size if layer == 0 else hidden * directions
+        per_step = 2 * 4 * lstm.hidden_size * (inputs + hidden)
+        if lstm.proj_size:
+            per_step += 2 * lstm.hidden_size * lstm.proj_size
+        total += directions * per_step * steps * batch
+    return total
+
+
 def count_params_and_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """Parameter count and forward FLOPs of ``model`` (in eval mode) on one zero input."""
     params = sum(p.numel() for p in model.parameters())
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, *input_shape))  # (1, C, H, W)
-    return params, counter.get_total_flops()
+    lstm_calls: list[tuple[nn.LSTM, int, int]] = []
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        assert isinstance(module, nn.LSTM)
+        x = args[0]
+        if isinstance(x, torch.Tensor):  # (B, T, F) if batch_first else (T, B, F); or (T, F)
+            steps, batch = (x.shape[1], x.shape[0]) if module.batch_first else x.shape[:2]
+            lstm_calls.append(
+                (module, batch if x.ndim == 3 else 1, steps if x.ndim == 3 else x.shape[0])
+            )
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.LSTM)]
+    try:
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_shape))  # (1, C, H, W)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    seen = counter.get_flop_counts()
+    names = {module: name for name, module in model.named_modules()}
+    prefix = type(model).__name__
+    unseen = sum(
+        lstm_flops(module, batch, steps)
+        for module, batch, steps in lstm_calls
+        if not any(seen.get(f"{prefix}.{names[module]}", {}).values())  # fused op: not counted
+    )
+    return params, counter.get_total_flops() + unseen
 
 
 def is_sequence_model(option: str) -> bool:
