@@ -111,3 +111,22 @@ def test_sweeps_compose(make_cfg, name):
     cfg = make_cfg(f"+sweep={name}")
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert "optim.lr" in params
+
+
+def test_hiding_the_progress_bar_drops_the_configured_one(make_cfg):
+    """`trainer.enable_progress_bar=false` must not clash with callbacks.progress_bar."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from deeprecipe.train import build
+
+    _, _, shown = build(make_cfg("data=digits", "model=mlp"))
+    assert any(isinstance(c, ProgressBar) for c in shown.callbacks)
+    _, _, hidden = build(make_cfg("data=digits", "model=mlp", "trainer.enable_progress_bar=false"))
+    assert not any(isinstance(c, ProgressBar) for c in hidden.callbacks)
+
+
+def test_max_steps_is_a_trainer_key(make_cfg):
+    from deeprecipe.train import build
+
+    _, _, trainer = build(make_cfg("data=digits", "model=mlp", "trainer.max_steps=7"))
+    assert trainer.max_steps == 7

@@ -190,7 +190,7 @@ def test_diagnostics_config_logs_under_stable_names(make_cfg, tmp_path):
         "callbacks.activation_stats.every_n_steps=2",
         "callbacks.activation_stats.images_every_n_steps=4",
         "callbacks.first_layer_filters.every_n_steps=4",
-        "+trainer.max_steps=5",
+        "trainer.max_steps=5",
         "trainer.log_every_n_steps=1",
         "~callbacks.model_checkpoint",
         "trainer.max_epochs=1",

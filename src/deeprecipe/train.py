@@ -18,7 +18,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from deeprecipe.callbacks import LearningCurves, Throughput
@@ -72,6 +72,15 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in group.values() if node is not None]
 
 
+def _callbacks(cfg: DictConfig, extra: tuple[L.Callback, ...]) -> list[Any]:
+    """The configured callbacks plus ``extra``; no progress bar when the trainer hides it
+    (``trainer.enable_progress_bar=false`` would otherwise clash with the configured bar)."""
+    callbacks = [*_instantiate_all(cfg.callbacks), *extra]
+    if cfg.trainer.get("enable_progress_bar", True) is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
 def build(
     cfg: DictConfig, extra_callbacks: tuple[L.Callback, ...] = (), **trainer_overrides: Any
 ) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -92,7 +101,7 @@ def build(
     )
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        callbacks=[*_instantiate_all(cfg.callbacks), *extra_callbacks],
+        callbacks=_callbacks(cfg, extra_callbacks),
         logger=_instantiate_all(cfg.logger) or False,
         default_root_dir=str(cfg.paths.output_dir),
         **trainer_overrides,
