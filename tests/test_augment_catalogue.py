@@ -262,6 +262,19 @@ def test_randaugment_applies_one_whole_operation_to_each_image():
     assert len(used) >= 10  # operations are drawn per image
 
 
+def test_one_warp_for_all_geometric_operations_equals_each_operation_alone():
+    from deeprecipe.augment.randaugment import GEOMETRIC, _geometric
+
+    torch.manual_seed(13)
+    x = torch.rand(30, 3, 11, 9)  # not square: x and y scales must not mix
+    level = torch.rand(30) * 2 - 1
+    kind = torch.arange(30) % len(GEOMETRIC)
+    together = _geometric(x, level, kind)
+    for i in range(30):
+        alone = OPERATIONS[GEOMETRIC[int(kind[i])]](x[i : i + 1], level[i : i + 1])
+        assert torch.allclose(together[i], alone[0], atol=1e-5), GEOMETRIC[int(kind[i])]
+
+
 def test_randaugment_differs_per_image_and_never_uses_colour_on_gray():
     torch.manual_seed(12)
     x = torch.rand(1, 1, 10, 10).expand(40, -1, -1, -1).contiguous()
