@@ -226,3 +226,31 @@ def test_cosine_restarts_schedule():
     ] * 3 + [2]
     with pytest.raises(ConfigError, match="scheduler.cycles=20"):
         cosine_restarts(optimizer, total_steps=12, steps_per_epoch=4, cycles=20)
+
+
+def test_cli_run_writes_plain_tta_and_ema_accuracies(tmp_path):
+    """One `run.py` with TTA and EMA on: metrics.json holds all three accuracies of val and test."""
+    import json
+
+    from conftest import QUIET, run_cli
+
+    result = run_cli(
+        f"paths.log_dir={tmp_path}/logs",
+        "data=digits",
+        "model=mlp",
+        "aug=crop",
+        "callbacks=ema",
+        "method.tta=flip_crops",
+        "scheduler=constant",
+        "trainer.max_epochs=2",
+        *QUIET,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics_file,) = (tmp_path / "logs").rglob("metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    for split in ("val", "test"):
+        for name in ("acc", "acc_tta", "acc_ema"):
+            assert 0.0 <= metrics[f"{split}/{name}"] <= 1.0, (split, name, metrics)
+    # after 2 epochs the three differ; equal values would mean one copies another
+    assert len({metrics["test/acc"], metrics["test/acc_tta"], metrics["test/acc_ema"]}) > 1, metrics
