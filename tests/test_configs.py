@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import group_options, is_sequence_model
 from deeprecipe.augment import Pipeline
-from deeprecipe.data import CharTextDataModule, ImageDataModule
+from deeprecipe.data import CharTextDataModule, ImageDataModule, VideoDataModule
 from deeprecipe.methods import BaseMethod, LanguageModel
 from deeprecipe.models import Backbone, SequenceBackbone
 
@@ -28,10 +28,10 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("option", group_options("data"))
 def test_data_options(make_cfg, option):
     overrides = [f"data={option}"]
-    if option == "image_folder":
+    if option in ("image_folder", "video_folder"):
         overrides.append("data.num_classes=3")
     datamodule = instantiate(make_cfg(*overrides).data)
-    assert isinstance(datamodule, ImageDataModule | CharTextDataModule)
+    assert isinstance(datamodule, ImageDataModule | CharTextDataModule | VideoDataModule)
 
 
 @pytest.mark.parametrize("option", group_options("aug"))

@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 
 from conftest import image_model_options
 from deeprecipe.errors import ConfigError
-from deeprecipe.models import LeNet5, ResNet, TimmBackbone
+from deeprecipe.models import LeNet5, ResNet, TimmBackbone, VideoBackbone
+from deeprecipe.recipe.model_report import video_model_options
 
 
 @pytest.mark.parametrize("option", image_model_options())
@@ -29,6 +30,38 @@ def test_forward_backward_contract(make_cfg, option, data):
     if not isinstance(model, TimmBackbone):
         assert len(model.stages()) >= 2
         assert all(isinstance(stage, torch.nn.Module) for stage in model.stages())
+
+
+# the torchvision video ResNets (31-33 M parameters) on a tiny clip; batch 2, as training-mode
+# BatchNorm needs more than one value per channel after their last stage
+TINY_CLIP = {"r3d_18": (2, 1, 4, 16, 16), "r2plus1d_18": (2, 1, 4, 16, 16)}
+
+
+@pytest.mark.parametrize("option", video_model_options())
+def test_video_forward_backward_contract(make_cfg, option):
+    cfg = make_cfg(f"model={option}", "data=moving_fashion")
+    model = instantiate(cfg.model)
+    assert isinstance(model, VideoBackbone)
+    data = cfg.data
+    clip = (3, data.in_chans, data.num_frames, data.image_size, data.image_size)
+    x = torch.randn(TINY_CLIP.get(option, clip))  # (B, C, T, H, W)
+    features = model.forward_features(x)
+    assert features.shape == (x.shape[0], model.num_features)
+    assert torch.isfinite(features).all()
+    model.eval()
+    assert torch.equal(model(x), model.forward_features(x))
+    model.train()
+    features.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert len(model.stages()) >= 2
+    with pytest.raises(ConfigError, match="takes clips"):
+        model(torch.randn(2, data.in_chans, data.image_size, data.image_size))
+
+
+def test_every_video_model_config_is_covered():
+    expected = {"r3d_18", "r2plus1d_18", "r3d_small", "r2plus1d_small", "frame2d"}
+    assert expected <= set(video_model_options())
 
 
 def test_resnet_depths_and_bad_values():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import secrets
+import string
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
@@ -23,6 +26,28 @@ def wandb_key_configured() -> bool:
     return any("wandb" in host for host in hosts)
 
 
+RUN_ID_FILE = "wandb_id.txt"
+
+
+def wandb_run_id(save_dir: str | Path) -> tuple[str, bool]:
+    """The W&B run id of the run dir ``save_dir`` and whether it continues an earlier run.
+
+    The id lives in ``save_dir/wandb_id.txt``: the first attempt of a run creates it, and a
+    resumed attempt finds it there (:mod:`deeprecipe.resume` copies it into the new run dir), so
+    W&B appends to the same run instead of starting a second one.
+    """
+    path = Path(save_dir) / RUN_ID_FILE
+    if path.is_file():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id, True
+    # W&B's own ids: 8 lowercase letters and digits (its generator is not public API)
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id, False
+
+
 def wandb(
     project: str,
     name: str,
@@ -30,11 +55,12 @@ def wandb(
     mode: str = "auto",
     **kwargs: Any,
 ) -> WandbLogger:
-    """A W&B logger that never prompts and never hangs.
+    """A W&B logger that never prompts, never hangs, and resumes the run of a resumed attempt.
 
     ``mode``: ``online``, ``offline`` or ``auto`` (online when an API key is configured, offline
     otherwise, or whatever ``WANDB_MODE`` says). Offline runs land in ``save_dir/wandb`` and
-    upload later with ``wandb sync save_dir/wandb/offline-run-*``.
+    upload later with ``wandb sync save_dir/wandb/offline-run-*``. The run id comes from
+    :func:`wandb_run_id` (``id=...`` in ``kwargs`` wins) and is passed with ``resume="allow"``.
     """
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
@@ -45,6 +71,11 @@ def wandb(
     if mode == "offline":
         log.info("W&B runs offline (no API key); upload later with `wandb sync %s/wandb`", save_dir)
     os.environ.setdefault("WANDB_SILENT", "true")
+    if "id" not in kwargs:
+        kwargs["id"], resumed = wandb_run_id(save_dir)
+        if resumed:
+            log.info("W&B continues run %s", kwargs["id"])
+    kwargs.setdefault("resume", "allow")
     return WandbLogger(
         project=project,
         name=name,

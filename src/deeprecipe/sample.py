@@ -5,7 +5,7 @@
 
 The model is rebuilt from the run's composed config (``RUN_DIR/.hydra/config.yaml``, next to
 ``RUN_DIR/checkpoints/``) and loaded with the checkpoint's weights, which include the vocabulary.
-Checkpoints are pickles: load only your own.
+Checkpoints are read with ``weights_only=True``: tensors and plain containers, no code.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from deeprecipe.errors import ConfigError, DataNotFoundError
+from deeprecipe.checkpoint_io import load_checkpoint
+from deeprecipe.errors import CheckpointError, ConfigError, DataNotFoundError
 from deeprecipe.methods.language_model import LanguageModel
 from deeprecipe.train import user_error
 
@@ -89,7 +89,9 @@ def load_language_model(ckpt: Path, device: str = "cpu") -> LanguageModel:
         raise ConfigError(
             f"{ckpt} is from a {type(method).__name__} run; sampling needs a language_model run."
         )
-    checkpoint = torch.load(ckpt, map_location=device, weights_only=False)
+    checkpoint = load_checkpoint(ckpt, "ckpt")  # weights_only: tensors and plain containers
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{ckpt} is not a Lightning checkpoint of this suite.")
     method.load_state_dict(checkpoint["state_dict"])
     return method.to(device).eval()
 

@@ -41,13 +41,27 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         }
         metrics_file = job_dir / "metrics.json"
         error_file = job_dir / "error.txt"
-        if metrics_file.exists():
-            record["metrics"] = json.loads(metrics_file.read_text())
+        skipped_file = job_dir / "skipped.txt"  # done by an earlier sweep (deeprecipe.resume)
+        metrics = _read_json(metrics_file)
+        if metrics is None and skipped_file.exists():
+            metrics = _read_json(Path(skipped_file.read_text().strip()) / "metrics.json")
+        if metrics is not None:
+            record["metrics"] = metrics
             record["status"] = "ok"
+            if skipped_file.exists():
+                record["finished_in"] = skipped_file.read_text().strip()
         elif error_file.exists():
             record["status"] = "failed: " + error_file.read_text().strip().splitlines()[0][:120]
         jobs.append(record)
     return jobs
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _numeric_metrics(jobs: list[dict[str, Any]]) -> list[str]:
@@ -97,6 +111,10 @@ def summarize(sweep_dir: Path) -> tuple[Path, Path] | None:
         lines += ["Overrides shared by every job: `" + " ".join(common) + "`", ""]
     lines += ["## Jobs", ""]
     lines += _markdown_table(header, [[_fmt(v) for v in row] for row in rows])
+    skipped = [job for job in jobs if job.get("finished_in")]
+    if skipped:
+        lines += ["", "Skipped, finished by an earlier sweep (their metrics are shown above):", ""]
+        lines += [f"- job {job['job']}: `{job['finished_in']}`" for job in skipped]
     groups = _group_over_seeds(jobs, keys, metric_names)
     if groups:
         group_keys = [k for k in keys if k not in SEED_KEYS]

@@ -8,12 +8,11 @@ the ``backbone.*`` entries (momentum copies and heads live under other names and
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from deeprecipe.checkpoint_io import load_checkpoint
 from deeprecipe.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -40,12 +39,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             f"pretrained={path}: no such file. Pass the .ckpt of a pretraining run, e.g. "
             "outputs/.../checkpoints/last.ckpt."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(
-            f"pretrained={path} cannot be read as a checkpoint: {error}"
-        ) from None
+    # weights_only: tensors and plain containers; a corrupt or truncated file is named
+    checkpoint = load_checkpoint(path, "pretrained")
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(

@@ -1,7 +1,8 @@
 """Run every benchmark: ``python -m deeprecipe.bench``."""
 
-from deeprecipe.bench import augment, overhead
+from deeprecipe.bench import augment, ddp, overhead
 
 if __name__ == "__main__":
     overhead.main([])
     augment.main([])
+    ddp.main([])

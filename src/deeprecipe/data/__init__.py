@@ -4,8 +4,12 @@ from deeprecipe.data.base import ImageArrays, ImageDataModule
 from deeprecipe.data.digits import DigitsDataModule
 from deeprecipe.data.fashion_mnist import FashionMNISTDataModule
 from deeprecipe.data.image_folder import ImageFolderDataModule
+from deeprecipe.data.moving_fashion import MovingFashionDataModule
 from deeprecipe.data.text import CharTextDataModule
 from deeprecipe.data.torchvision_sets import TorchvisionDataModule
+from deeprecipe.data.video import VideoDataModule
+from deeprecipe.data.video_clips import VideoClipsDataModule
+from deeprecipe.data.video_folder import VideoFolderDataModule
 
 __all__ = [
     "CharTextDataModule",
@@ -14,7 +18,11 @@ __all__ = [
     "ImageArrays",
     "ImageDataModule",
     "ImageFolderDataModule",
+    "MovingFashionDataModule",
     "TorchvisionDataModule",
+    "VideoClipsDataModule",
+    "VideoDataModule",
+    "VideoFolderDataModule",
 ]
 
 from deeprecipe.data.noisy import (

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError, CorruptDataError
@@ -66,6 +71,125 @@ def keep_batch(batch: Any) -> Any:
     return batch
 
 
+def run_seed() -> int:
+    """The run's seed as ``lightning.seed_everything`` recorded it (``PL_GLOBAL_SEED``)."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mixed_seed(*numbers: int) -> int:
+    """A well-mixed 63-bit seed from a tuple of integers (run seed, epoch, step, ...).
+
+    SplitMix64 folded over the numbers: neighbouring tuples give unrelated seeds, in about a
+    microsecond (numpy's SeedSequence takes 30), which matters when it runs every step.
+    """
+    state = 0
+    for number in numbers:
+        state = _splitmix64(state ^ (number & _MASK64))
+    return state >> 1
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that is a pure function of ``(seed, epoch)``, able to start mid-epoch.
+
+    torch's ``RandomSampler`` draws each epoch's permutation from the global RNG, so the order
+    of epoch ``e`` depends on everything that ran before it and a resumed run cannot replay it.
+    Here the permutation of epoch ``e`` is ``randperm`` under a generator seeded by the run seed
+    and ``e``. Lightning calls :meth:`set_epoch` before every epoch (also through
+    ``DistributedSamplerWrapper``); :meth:`resume_at` makes the next pass skip the examples an
+    interrupted epoch had already trained on.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, examples_done: int) -> None:
+        """Make the next pass the rest of ``epoch`` after its first ``examples_done`` examples."""
+        self.epoch, self.start = epoch, examples_done
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=generator)[self.start :]
+        self.start = 0  # only the first pass after a resume starts late
+        return iter(order.tolist())
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that can continue an epoch where a checkpoint left it.
+
+    ``state_dict()`` is the position ``{"epoch", "batches_done"}`` (batches this process had
+    trained on in that epoch), read from the trainer through ``position``; ``load_state_dict``
+    makes the next pass continue that epoch's permutation after those batches, so a resumed
+    run trains on exactly the batches the interrupted one had left (a finished pass starts the
+    next epoch). Lightning's own hand-over of loader states runs too early for us (its
+    ``estimated_stepping_batches``, which the LR schedules use, builds the loader before the
+    checkpoint is restored), so :class:`deeprecipe.resume.ExactResume` saves and applies the
+    position instead; the two methods also tell Lightning that the loader is resumable.
+
+    Args:
+        position: returns ``(epoch, batches trained in it)``, or None outside training.
+        world_size: processes sharing the permutation (DDP), each taking its share of a batch.
+        **kwargs: DataLoader arguments; ``sampler`` is an :class:`EpochShuffleSampler`, or one
+            in Lightning's ``DistributedSamplerWrapper``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        position: Callable[[], tuple[int, int] | None] | None = None,
+        world_size: Callable[[], int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self.world_size = world_size
+
+    def epoch_sampler(self) -> EpochShuffleSampler | None:
+        """The :class:`EpochShuffleSampler` behind this loader, also inside a DDP wrapper."""
+        sampler: Any = self.sampler
+        if isinstance(sampler, DistributedSamplerWrapper):
+            # the wrapped sampler, where Lightning's _DatasetSamplerWrapper keeps it
+            sampler = getattr(sampler.dataset, "_sampler", None)
+        return sampler if isinstance(sampler, EpochShuffleSampler) else None
+
+    def state_dict(self) -> dict[str, int]:
+        where = self.position() if self.position is not None else None
+        if where is None:
+            return {}
+        epoch, batches_done = where
+        return {"epoch": epoch, "batches_done": batches_done}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        sampler = self.epoch_sampler()
+        if "epoch" not in state_dict or sampler is None or self.batch_size is None:
+            return
+        epoch, batches_done = state_dict["epoch"], state_dict["batches_done"]
+        if batches_done >= len(self):  # saved at the end of the epoch: the next one starts
+            epoch, batches_done = epoch + 1, 0
+        world_size = self.world_size() if self.world_size is not None else 1
+        # rank r takes every world_size-th index, so k batches of each rank are the first
+        # k * batch_size * world_size indices of the shared order
+        sampler.resume_at(epoch, batches_done * self.batch_size * world_size)
+
+
 def stratified_subset(
     labels: Tensor,
     num_classes: int,
@@ -102,8 +226,10 @@ class ImageDataModule(L.LightningDataModule):
         num_classes: number of classes the data must have; checked against the labels.
         in_chans: image channels the data must have (1 grey, 3 RGB).
         image_size: height and width the data must have.
-        batch_size: training batch size (per process under DDP).
-        eval_batch_size: batch size for validation and test; defaults to ``batch_size``.
+        batch_size: training batch size, global: under DDP each of the W processes loads
+            ``batch_size / W`` images per step (it must divide), so that a config means the same
+            optimization on any number of processes.
+        eval_batch_size: global batch size for validation and test; defaults to ``batch_size``.
         val_size: examples held out of the training set for validation, as a count (>= 1) or a
             fraction (< 1). Seeded by ``split_seed``.
         test_size: used only by sources without an official test set: the part of the data held
@@ -226,6 +352,14 @@ class ImageDataModule(L.LightningDataModule):
     def _check(self, arrays: ImageArrays, split: str) -> None:
         images, labels = arrays.images, arrays.labels
         where = f"{self.source_name} {split} set"
+        if images.is_floating_point() and not torch.isfinite(images).all():
+            count = int((~torch.isfinite(images)).sum())
+            raise CorruptDataError(
+                f"{where}: {count} pixel values are NaN or infinite; the source must decode "
+                "its files to uint8 images in [0, 255]."
+            )
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise CorruptDataError(f"{where}: labels are {labels.dtype}; they must be integers.")
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise CorruptDataError(
                 f"{where}: expected uint8 images (N, C, H, W), got {images.dtype} "
@@ -249,16 +383,51 @@ class ImageDataModule(L.LightningDataModule):
     def _loader(self, arrays: ImageArrays | None, batch_size: int, train: bool) -> DataLoader:
         if arrays is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
-        return DataLoader(
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if train and batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is the global batch, split over {world} "
+                f"processes; make it a multiple of {world}."
+            )
+        common: dict[str, Any] = {
+            "batch_size": math.ceil(batch_size / world),  # this process's share
+            "drop_last": train,
+            "collate_fn": keep_batch,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            # under DDP unpadded shards: Lightning's DistributedSampler would repeat images so
+            # that all shards have the same size, and they would count twice in val/test metrics
+            dataset = TensorBatchDataset(arrays)
+            shards = None
+            if world > 1:
+                shards = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False)
+            return DataLoader(dataset, sampler=shards, **common)
+        seed = run_seed()
+        sampler: Sampler[int] = EpochShuffleSampler(len(arrays), seed)
+        if world > 1:
+            # rank r takes every world-th index of the epoch's permutation, so a global batch
+            # holds the same images on any number of processes; Lightning's own wrapper would
+            # shuffle the permutation again (and pad it with repeated images)
+            sampler = DistributedSamplerWrapper(sampler, world, rank, shuffle=False, drop_last=True)
+        return ResumableLoader(
             TensorBatchDataset(arrays),
-            batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
-            collate_fn=keep_batch,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(seed),
+            position=self._training_position,
+            world_size=lambda: self.trainer.world_size if self.trainer is not None else 1,
+            **common,
         )
+
+    def _training_position(self) -> tuple[int, int] | None:
+        """(epoch, batches trained in it) while fitting: what a checkpoint must resume from."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return None
+        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx + 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, self.batch_size, train=True)

@@ -6,6 +6,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
@@ -117,15 +118,40 @@ class ImageFolderDataModule(ImageDataModule):
         return ImageArrays(torch.stack(images), torch.tensor(labels, dtype=torch.long))
 
     def _decode(self, path: Path) -> torch.Tensor | None:
+        """``(in_chans, image_size, image_size)`` uint8, whatever the file's mode and size.
+
+        torchvision's decoder is fast but leaves cases that would break ``torch.stack`` later:
+        animated GIFs (one image per frame), WebP/GIF read as 3 channels even in grey mode, and
+        formats it cannot read (BMP, TIFF); Pillow decodes those. 16-bit images are rescaled
+        to 8 bits. A file neither can read is corrupt or truncated: an error naming it.
+        """
         mode = ImageReadMode.RGB if self.in_chans == 3 else ImageReadMode.GRAY
         try:
-            image = decode_image(str(path), mode=mode)
-        except Exception as error:  # torchvision raises RuntimeError for bad bytes
+            image: torch.Tensor | None = decode_image(str(path), mode=mode)
+        except RuntimeError:  # unknown format or bad bytes: Pillow decides which
+            image = None
+        if image is None or image.ndim != 3 or image.shape[0] != self.in_chans:
+            image = self._decode_with_pillow(path)
+            if image is None:
+                return None
+        if image.dtype != torch.uint8:  # 16-bit PNG
+            image = TF.to_dtype(image, torch.uint8, scale=True)
+        image = TF.resize(image, [self.image_size], antialias=True)
+        return TF.center_crop(image, [self.image_size, self.image_size]).contiguous()
+
+    def _decode_with_pillow(self, path: Path) -> torch.Tensor | None:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as opened:  # the first frame of an animation
+                converted = opened.convert("RGB" if self.in_chans == 3 else "L")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
             if self.skip_corrupt:
                 return None
             raise CorruptDataError(
-                f"Cannot decode image {path}: {error}. Delete or replace the file, or set "
-                "data.skip_corrupt=true to skip unreadable images."
-            ) from error
-        image = TF.resize(image, [self.image_size], antialias=True)
-        return TF.center_crop(image, [self.image_size, self.image_size]).contiguous()
+                f"Cannot decode image {path}: {error}. The file is corrupt, truncated or not an "
+                "image; delete or replace it, or set data.skip_corrupt=true to skip unreadable "
+                "images."
+            ) from None
+        array = torch.from_numpy(np.asarray(converted).copy())  # (H, W) or (H, W, 3)
+        return array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)

@@ -28,7 +28,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from deeprecipe.errors import ConfigError, DataNotFoundError
+from deeprecipe.checkpoint_io import load_checkpoint
+from deeprecipe.errors import CheckpointError, ConfigError, DataNotFoundError
 from deeprecipe.methods.base import BaseMethod
 from deeprecipe.train import user_error
 
@@ -118,7 +119,9 @@ def load_member(checkpoint: Path, cfg: DictConfig) -> BaseMethod:
     )
     if not isinstance(method, BaseMethod):
         raise ConfigError(f"{checkpoint}: method {cfg.method._target_} is not a classifier.")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = load_checkpoint(checkpoint, "checkpoint")  # CheckpointError when corrupt
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{checkpoint} is not a Lightning checkpoint of this suite.")
     method.load_state_dict(state["state_dict"])
     return method.eval()
 

@@ -9,11 +9,21 @@ device (``tests/test_ssl_losses.py`` checks this with two processes).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor
+
+# torch 2.10+ deprecates these autograd-aware collectives in favour of the private
+# torch.distributed._functional_collectives; they stay here while torch >= 2.4 is supported
+warnings.filterwarnings(
+    "ignore",
+    message=r"torch\.distributed\.nn\.functional\.\w+ is deprecated",
+    category=FutureWarning,
+)
 
 
 def _distributed() -> bool:
@@ -30,7 +40,7 @@ def gather_batches(x: Tensor) -> Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
-def _sum_across_processes(x: Tensor) -> Tensor:
+def sum_across_processes(x: Tensor) -> Tensor:
     """All-reduced sum of ``x`` over processes, differentiable; ``x`` itself without DDP."""
     return dist_fn.all_reduce(x) if _distributed() else x
 
@@ -81,7 +91,7 @@ def barlow_twins_loss(
     """
 
     def reduce(x: Tensor) -> Tensor:
-        return _sum_across_processes(x) if gather else x
+        return sum_across_processes(x) if gather else x
 
     count = reduce(z1.new_tensor(float(z1.shape[0])))  # () global batch size N
     both = torch.stack([z1, z2])  # (2, B, D)

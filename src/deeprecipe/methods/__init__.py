@@ -6,9 +6,12 @@
 from deeprecipe.methods.barlow_twins import BarlowTwins
 from deeprecipe.methods.base import BaseMethod
 from deeprecipe.methods.byol import BYOL
+from deeprecipe.methods.context import ContextPrediction
 from deeprecipe.methods.fixmatch import FixMatch
+from deeprecipe.methods.jigsaw import Jigsaw
 from deeprecipe.methods.language_model import LanguageModel
 from deeprecipe.methods.linear_probe import LinearProbe
+from deeprecipe.methods.mae import MAE
 from deeprecipe.methods.mean_teacher import MeanTeacher
 from deeprecipe.methods.moco import MoCo
 from deeprecipe.methods.noisy import RobustSupervised
@@ -19,9 +22,12 @@ from deeprecipe.methods.supervised import Supervised
 
 __all__ = [
     "BYOL",
+    "MAE",
     "BarlowTwins",
     "BaseMethod",
+    "ContextPrediction",
     "FixMatch",
+    "Jigsaw",
     "LanguageModel",
     "LinearProbe",
     "MeanTeacher",

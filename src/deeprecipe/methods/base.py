@@ -17,9 +17,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from deeprecipe.augment.batched import Pipeline
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError
 from deeprecipe.evaluate.tta import check_tta, tta_probabilities
@@ -48,8 +49,9 @@ class Normalize(nn.Module):
         self.mean.copy_(torch.tensor(mean).view_as(self.mean))
         self.std.copy_(torch.tensor(std).view_as(self.std))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        return (x - self.mean) / self.std
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) images or (B, C, T, H, W) clips
+        shape = (1, -1) + (1,) * (x.ndim - 2)  # per channel, broadcast over the rest
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -134,6 +136,8 @@ class BaseMethod(L.LightningModule):
         self.train_metrics = classification_metrics(num_classes, "train/")
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
+        # a metric, not self.log(sync_dist=True), whose mean is off when DDP shards differ in size
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.tta = check_tta(tta, tta_padding)
         self.tta_padding = tta_padding
         self.val_acc_tta = self._tta_accuracy()
@@ -155,6 +159,14 @@ class BaseMethod(L.LightningModule):
                     f"{self.normalize.mean.shape[1]}; set method.in_chans=${{data.in_chans}}."
                 )
             self.normalize.set_stats(mean, std)
+        empty = isinstance(self.augment, Pipeline) and not self.augment.steps  # aug=none
+        if getattr(datamodule, "num_frames", None) and self.augment is not None and not empty:
+            raise ConfigError(
+                "The data are video clips (B, C, T, H, W) but the aug config holds image "
+                "augmentations (B, C, H, W); set aug=none."
+            )
+        if self.channels_last and any(p.ndim == 5 for p in self.backbone.parameters()):
+            self.channels_last = False  # a rank-4 layout: 3-D convolutions (video) cannot take it
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
 
@@ -202,7 +214,9 @@ class BaseMethod(L.LightningModule):
         logits = self(batch.x)  # (B, num_classes)
         loss = F.cross_entropy(logits, batch.y)
         metrics.update(logits, batch.y)
-        self.log(f"{prefix}loss", loss, batch_size=len(batch.y), sync_dist=True)
+        mean_loss = self.val_loss if prefix == "val/" else self.test_loss
+        mean_loss.update(loss, weight=len(batch.y))
+        self.log(f"{prefix}loss", mean_loss, batch_size=len(batch.y))
         self.log_dict(metrics, batch_size=len(batch.y))
         if self.tta is not None and tta_accuracy is not None:
             black = self.normalize(batch.x.new_zeros(1, batch.x.shape[1], 1, 1))  # (1, C, 1, 1)

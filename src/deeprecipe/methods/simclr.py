@@ -18,7 +18,10 @@ class SimCLR(BaseMethod):
     """Contrastive pretraining with NT-Xent on a projection MLP, plus an online linear probe.
 
     Both views go through the backbone in one batch, so batch-norm statistics cover both (as in
-    SimCLR's global BN on one device). Under DDP the loss contrasts against the global batch.
+    SimCLR's global BN on one device). Under DDP the loss contrasts against the global batch:
+    :func:`~deeprecipe.losses.nt_xent` gathers the embeddings of every process with their
+    gradients, and ``trainer.sync_batchnorm=true`` makes the batch-norm statistics global too,
+    so that 2 processes train as one process on their combined batch (``tests/test_ddp.py``).
 
     Args:
         proj_hidden_dim: hidden width of the 2-layer projection MLP (SimCLR: 2048).

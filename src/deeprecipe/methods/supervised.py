@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from deeprecipe.augment import MixupCutmix
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError
 from deeprecipe.losses import soft_cross_entropy
 from deeprecipe.methods.base import BaseMethod, OptimizerFactory, SchedulerFactory, l1_penalty
+from deeprecipe.methods.optimization import configure_optimization
 from deeprecipe.models.base import Backbone
 
 
@@ -27,6 +31,13 @@ class Supervised(BaseMethod):
             image (the image's own label when a batch is left unmixed).
         l1: weight of the L1 penalty ``l1 * sum |w|`` added to the loss, over weight matrices
             and kernels (not norm scales or biases); L2 is the optimizer's ``weight_decay``.
+        freeze_stages: partial fine-tuning: ``k`` freezes the backbone's ``stages()[0..k]``
+            (the stem is stage 0, so ``1`` freezes the stem and the first stage): no gradients,
+            and kept in eval mode (batch-norm statistics fixed, dropout off). None trains all.
+        bn_eval: keep every batch norm of the backbone in eval mode, so fine-tuning uses and
+            keeps the pretrained running statistics (small batches estimate them badly).
+        backbone_lr_scale: the backbone's learning rate relative to ``optim.lr`` (the head's);
+            fine-tuning uses 0.1 (``method=finetune``), training from scratch 1.
         See :class:`BaseMethod` for the rest.
     """
 
@@ -47,6 +58,9 @@ class Supervised(BaseMethod):
         channels_last: bool = True,
         decay_norm_and_bias: bool = False,
         head_init: str = "zero",
+        freeze_stages: int | None = None,
+        bn_eval: bool = False,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__(
             backbone,
@@ -78,10 +92,48 @@ class Supervised(BaseMethod):
                 f"method.mixing.num_classes={mixing.num_classes} but the data has {num_classes} "
                 "classes; set method.mixing.num_classes=${data.num_classes}."
             )
+        if backbone_lr_scale <= 0:
+            raise ConfigError(
+                f"method.backbone_lr_scale={backbone_lr_scale}; it must be > 0 (freeze the "
+                "backbone with method=linear_probe or method.freeze_stages instead)."
+            )
         self.label_smoothing = label_smoothing
         self.head_dropout = head_dropout
         self.mixing = mixing
         self.l1 = l1
+        self.bn_eval = bn_eval
+        self.backbone_lr_scale = backbone_lr_scale
+        self.frozen_stages = self._freeze_stages(freeze_stages)
+        self._keep_eval_modes()  # Lightning keeps each module's mode: set them from the start
+
+    def _freeze_stages(self, freeze_stages: int | None) -> list[nn.Module]:
+        if freeze_stages is None:
+            return []
+        stages = self.backbone.stages()
+        if not 0 <= freeze_stages < len(stages):
+            raise ConfigError(
+                f"method.freeze_stages={freeze_stages}; {type(self.backbone).__name__} has "
+                f"stages 0 (stem) to {len(stages) - 1}: choose one of them, or null."
+            )
+        frozen = stages[: freeze_stages + 1]
+        for stage in frozen:
+            stage.requires_grad_(False)
+        return frozen
+
+    def _keep_eval_modes(self) -> None:
+        for stage in self.frozen_stages:
+            stage.eval()
+        if self.bn_eval:
+            for module in self.backbone.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+
+    def train(self, mode: bool = True) -> Supervised:
+        """Set the training mode, keeping frozen stages (and with ``bn_eval`` every backbone
+        batch norm) in eval mode whatever mode is set."""
+        super().train(mode)
+        self._keep_eval_modes()
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.backbone.forward_features(x)  # (B, F)
@@ -104,3 +156,12 @@ class Supervised(BaseMethod):
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch.y))
         return loss
+
+    def configure_optimizers(self) -> Any:
+        return configure_optimization(
+            self,
+            self.optimizer_factory,
+            self.scheduler_factory,
+            self.decay_norm_and_bias,
+            backbone_lr_scale=self.backbone_lr_scale,
+        )

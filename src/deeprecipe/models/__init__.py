@@ -11,19 +11,31 @@ from deeprecipe.models.sequence import SequenceBackbone, SequenceClassifierBackb
 from deeprecipe.models.timm_backbone import TimmBackbone
 from deeprecipe.models.transformer import CausalTransformer
 from deeprecipe.models.vgg import VGG
+from deeprecipe.models.video import (
+    R3D,
+    Frame2D,
+    R2Plus1D,
+    TorchvisionVideoResNet,
+    VideoBackbone,
+)
 
 __all__ = [
     "MLP",
+    "R3D",
     "VGG",
     "AlexNet",
     "Backbone",
     "CausalTransformer",
+    "Frame2D",
     "GoogLeNet",
     "LeNet5",
+    "R2Plus1D",
     "RecurrentNet",
     "ResNet",
     "ResNet9",
     "SequenceBackbone",
     "SequenceClassifierBackbone",
     "TimmBackbone",
+    "TorchvisionVideoResNet",
+    "VideoBackbone",
 ]

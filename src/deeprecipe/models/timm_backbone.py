@@ -47,8 +47,10 @@ class TimmBackbone(Backbone):
             if not pretrained:
                 raise
             raise DataNotFoundError(
-                f"Cannot load pretrained weights for timm model {name!r} ({error}). They need "
-                "internet (or a filled Hugging Face cache); offline, set model.pretrained=false."
+                f"Cannot load timm's pretrained weights for model {name!r}: no network ({error})."
+                " Download them once with internet (they stay in the Hugging Face cache, where "
+                "offline runs find them; HF_HUB_OFFLINE=1 skips the retries), or pass "
+                "pretrained=PATH (a suite checkpoint of this model) with model.pretrained=false."
             ) from error
         self.num_features = int(getattr(self.model, "num_features"))  # noqa: B009 (typed for mypy)
 

@@ -47,6 +47,7 @@ from deeprecipe import augment, losses
 from deeprecipe.callbacks.layer_guard import floating_tensors
 from deeprecipe.methods.base import BaseMethod
 from deeprecipe.recipe.common import StepResult, compose_step
+from deeprecipe.recipe.model_report import data_shape
 from deeprecipe.train import build
 
 STEP = "gradcheck"
@@ -212,10 +213,11 @@ def _own(module: nn.Module) -> bool:
 
 
 def sample_input(cfg: DictConfig, datamodule: Any) -> Any:
-    """2 random images (B, C, H, W) of the data's shape in [0, 1], else 2 real training inputs."""
+    """2 random images (B, C, H, W) (clips (B, C, T, H, W) for video data) of the data's shape
+    in [0, 1], else 2 real training inputs."""
     data = cfg.data
     if "in_chans" in data and "image_size" in data:
-        return torch.rand(BATCH, data.in_chans, data.image_size, data.image_size).double()
+        return torch.rand(BATCH, *data_shape(data)).double()
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     return batch[0][:BATCH]

@@ -2,14 +2,15 @@
 
 The lecture's first step is to know the model: how many parameters it has and how much compute
 one image costs. This composes ``conf/config.yaml`` exactly as ``run.py`` would (any override),
-builds the backbone for the data's image shape and measures both.
+builds the backbone for the data's image shape (clip shape for video data) and measures both.
 
 Usage::
 
     python -m deeprecipe.recipe.model_report model=vgg11 [data=cifar10] [OVERRIDE ...]
     python -m deeprecipe.recipe.model_report --all [data=cifar10]   # Markdown table, every model
+    python -m deeprecipe.recipe.model_report model=r2plus1d_small data=moving_fashion  # a clip
 
-FLOPs are those of one forward pass of one image, as counted by
+FLOPs are those of one forward pass of one image (one clip for video data), as counted by
 ``torch.utils.flop_counter.FlopCounterMode``: 2 per multiply-add of matrix products,
 convolutions and attention; elementwise work (activations, norms, pooling) is not counted.
 LSTM layers run as one fused op that the counter does not see; their matrix products are counted
@@ -33,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deeprecipe.errors import DeeprecipeError
 from deeprecipe.models.sequence import SequenceBackbone
+from deeprecipe.models.video import VideoBackbone
 
 ROOT = Path(__file__).resolve().parents[3]
 CONF = ROOT / "conf"
@@ -43,7 +45,7 @@ class ModelStats(NamedTuple):
 
     model: str
     data: str
-    input_shape: tuple[int, int, int]  # (C, H, W)
+    input_shape: tuple[int, ...]  # (C, H, W), or (C, T, H, W) for video data
     params: int
     flops: int  # one forward pass, batch 1
 
@@ -104,25 +106,47 @@ def count_params_and_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tu
     return params, counter.get_total_flops() + unseen
 
 
-def is_sequence_model(option: str) -> bool:
-    """Whether ``conf/model/OPTION.yaml`` builds a token-stream backbone (no image input)."""
+def _model_class(option: str) -> type:
     node = OmegaConf.load(CONF / "model" / f"{option}.yaml")
     assert isinstance(node, DictConfig), f"conf/model/{option}.yaml is not a mapping"
-    target = str(node["_target_"])
-    return issubclass(get_class(target), SequenceBackbone)
+    return get_class(str(node["_target_"]))
+
+
+def is_sequence_model(option: str) -> bool:
+    """Whether ``conf/model/OPTION.yaml`` builds a token-stream backbone (no image input)."""
+    return issubclass(_model_class(option), SequenceBackbone)
+
+
+def is_video_model(option: str) -> bool:
+    """Whether ``conf/model/OPTION.yaml`` builds a backbone of clips ``(B, C, T, H, W)``."""
+    return issubclass(_model_class(option), VideoBackbone)
 
 
 def image_model_options() -> list[str]:
     """Every model config that takes images (the sequence-over-rows adapters included)."""
     options = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
-    return [option for option in options if not is_sequence_model(option)]
+    return [
+        option for option in options if not is_sequence_model(option) and not is_video_model(option)
+    ]
+
+
+def video_model_options() -> list[str]:
+    """Every model config that takes clips."""
+    options = sorted(path.stem for path in (CONF / "model").glob("*.yaml"))
+    return [option for option in options if is_video_model(option)]
+
+
+def data_shape(data: DictConfig) -> tuple[int, ...]:
+    """One input of a data config: (C, H, W), or (C, T, H, W) when it has ``num_frames``."""
+    frames = (data.num_frames,) if "num_frames" in data else ()
+    return (data.in_chans, *frames, data.image_size, data.image_size)
 
 
 def model_stats(overrides: Sequence[str]) -> ModelStats:
     """Compose with ``overrides`` (e.g. ``["model=vgg11", "data=cifar10"]``), build, measure."""
     cfg = compose_config(overrides)
     choices = cfg.hydra.runtime.choices
-    input_shape = (cfg.data.in_chans, cfg.data.image_size, cfg.data.image_size)
+    input_shape = data_shape(cfg.data)
     try:
         model = instantiate(cfg.model)
     except InstantiationException as error:  # Hydra wraps the model's own ConfigError
@@ -143,9 +167,9 @@ def human(count: int) -> str:
 
 def describe(stats: ModelStats) -> str:
     """Two lines for one model: what was measured, and the counts."""
-    channels, height, width = stats.input_shape
+    shape = "x".join(str(side) for side in stats.input_shape)
     return (
-        f"model={stats.model} data={stats.data} input {channels}x{height}x{width}\n"
+        f"model={stats.model} data={stats.data} input {shape}\n"
         f"params {stats.params:,} ({human(stats.params)})   "
         f"FLOPs {stats.flops:,} ({human(stats.flops)}, forward, batch 1)"
     )
@@ -171,7 +195,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Parameters and forward FLOPs of a model config on its data's image shape.",
     )
     parser.add_argument(
-        "--all", action="store_true", help="a Markdown table over every image model config"
+        "--all",
+        action="store_true",
+        help="a Markdown table over every image model config (every video one for video data)",
     )
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides, e.g. model=vgg11 data=cifar10"
@@ -179,8 +205,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.all:
-            models = image_model_options()
             others = [item for item in args.overrides if not item.startswith("model=")]
+            video = "num_frames" in compose_config(others).data
+            models = video_model_options() if video else image_model_options()
             print(markdown_table([model_stats([f"model={name}", *others]) for name in models]))
         else:
             print(describe(model_stats(args.overrides)))
