@@ -108,13 +108,20 @@ def test_optuna_random_sweep(tmp_path):
         "+sweep=random_lr_wd",
         "hydra.sweeper.n_trials=2",
         "trainer.max_epochs=1",
+        "logger=wandb",
         *QUIET,
         cwd=tmp_path,
+        env={"WANDB_MODE": "offline", "HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sweep_dir = only(list((tmp_path / "multiruns" / "digits_mlp").iterdir()))
     rows = (sweep_dir / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("job,optim.lr,optim.weight_decay,status") and len(rows) == 3
+    # the same table as a W&B table, in an offline run of the sweep's group
+    (table_file,) = (sweep_dir / "wandb").glob("offline-run-*/files/media/table/sweep/*.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == rows[0].split(",")
+    assert [row[0] for row in table["data"]] == [0, 1]
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert 0.0 < best["best_value"] <= 1.0
     for job in ("0", "1"):

@@ -74,3 +74,31 @@ class SemiViews(NamedTuple):
     target_view: Tensor
     student_view: Tensor
     y_hidden: Tensor
+
+
+class Tagged(NamedTuple):
+    """Images with weak multi-label targets: hashtags (:mod:`deeprecipe.data.hashtag_data`).
+
+    ``x`` as in :class:`Labeled`; ``tags`` bool ``(B, T)`` multi-hot over the ``T`` targets of the
+    label space (designed: the classes; raw: every tag); ``y_hidden`` int64 ``(B,)`` the true
+    classes, never trained on, kept to monitor class accuracy.
+    """
+
+    x: Tensor
+    tags: Tensor
+    y_hidden: Tensor
+
+
+class PseudoLabeled(NamedTuple):
+    """Labelled and teacher-labelled images mixed in one batch, for self-training students.
+
+    ``x`` as in :class:`Labeled`; ``target`` float ``(B, K)``: one-hot for labelled images and
+    hard pseudo-labels, the teacher's probabilities for soft ones; ``y_hidden`` int64 ``(B,)``
+    the true classes (of pseudo-labelled images kept only for monitoring); ``is_pseudo`` bool
+    ``(B,)`` marks the teacher-labelled images.
+    """
+
+    x: Tensor
+    target: Tensor
+    y_hidden: Tensor
+    is_pseudo: Tensor

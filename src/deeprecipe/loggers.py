@@ -48,6 +48,19 @@ def wandb_run_id(save_dir: str | Path) -> tuple[str, bool]:
     return run_id, False
 
 
+def sweep_group() -> str | None:
+    """The W&B group of a multirun job: its sweep dir's name (its date); None for single runs.
+
+    The sweep's summary table (:mod:`deeprecipe.wandb_tables`) is logged in the same group.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(HydraConfig.get().sweep.dir)).name
+
+
 def wandb(
     project: str,
     name: str,
@@ -64,6 +77,8 @@ def wandb(
     """
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
+    if mode == "dryrun":  # wandb's old name for offline; wandb.init itself sets WANDB_MODE to it
+        mode = "offline"
     if mode not in ("online", "offline", "disabled"):
         from deeprecipe.errors import ConfigError
 
@@ -76,6 +91,8 @@ def wandb(
         if resumed:
             log.info("W&B continues run %s", kwargs["id"])
     kwargs.setdefault("resume", "allow")
+    if kwargs.get("group") is None:
+        kwargs["group"] = sweep_group()  # a multirun's jobs side by side in the dashboard
     return WandbLogger(
         project=project,
         name=name,

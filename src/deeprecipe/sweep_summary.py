@@ -175,6 +175,35 @@ class SweepSummary(Callback):
         written = summarize(sweep_dir)
         if written:
             log.info("Sweep summary: %s and %s", *written)
+            wandb_node = (config.get("logger") or {}).get("wandb")
+            if wandb_node:  # the jobs logged to W&B: the table goes there too
+                log_to_wandb(sweep_dir, written[0], config, wandb_node)
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell back to a number where it is one."""
+    try:
+        return float(text) if any(c in text for c in ".eE") or text == "nan" else int(text)
+    except ValueError:
+        return text
+
+
+def log_to_wandb(sweep_dir: Path, csv_path: Path, config: DictConfig, wandb_node: Any) -> None:
+    """Log ``summary.csv`` as a W&B table in the sweep's group (see :mod:`wandb_tables`)."""
+    from deeprecipe.wandb_tables import log_summary_table
+
+    with csv_path.open(newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    direction = str(config.hydra.sweeper.get("direction", "maximize"))
+    log_summary_table(
+        sweep_dir,
+        header,
+        [[_cell(value) for value in row] for row in rows],
+        project=str(wandb_node.get("project", "deeprecipe")),
+        mode=str(wandb_node.get("mode", "auto")),
+        objective=config.get("objective"),
+        maximize=direction != "minimize" and "MINIMIZE" not in direction.upper(),
+    )
 
 
 if __name__ == "__main__":

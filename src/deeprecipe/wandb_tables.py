@@ -66,6 +66,8 @@ def log_summary_table(
 
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_key_configured() else "offline")
+    if mode == "dryrun":  # wandb's old name for offline, which wandb.init puts in WANDB_MODE
+        mode = "offline"
     if mode == "disabled":
         return None
     try:
