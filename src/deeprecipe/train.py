@@ -296,8 +296,13 @@ def main(cfg: DictConfig) -> float | None:
     A :class:`DeeprecipeError` (bad config, missing data, diverged loss) is reported as its
     message without a traceback. A single run then exits with status 1; inside a multirun the job
     is recorded as failed (``error.txt`` in its dir) and the sweep goes on, with NaN as the
-    objective so that Optuna marks the trial failed.
+    objective so that Optuna marks the trial failed. A config with a ``self_training`` node
+    (``+experiment=self_training_fashion``) runs all its rounds (:mod:`deeprecipe.self_training`).
     """
+    if cfg.get("self_training") is not None:
+        from deeprecipe import self_training  # imports this module: import it only when used
+
+        return self_training.main(cfg)
     try:
         metrics = run(cfg)
     except Exception as raised:

@@ -25,10 +25,20 @@ __all__ = [
     "VideoFolderDataModule",
 ]
 
+from deeprecipe.data.hashtag_data import (
+    HashtagDigitsDataModule,
+    HashtagFashionMNISTDataModule,
+    HashtagLabels,
+)
 from deeprecipe.data.noisy import (
     NoisyDigitsDataModule,
     NoisyFashionMNISTDataModule,
     NoisyTrainLabels,
+)
+from deeprecipe.data.self_training import (
+    SelfTrainingData,
+    SelfTrainingDigitsDataModule,
+    SelfTrainingFashionMNISTDataModule,
 )
 from deeprecipe.data.semi import (
     SemiDigitsDataModule,
@@ -37,9 +47,15 @@ from deeprecipe.data.semi import (
 )
 
 __all__ += [
+    "HashtagDigitsDataModule",
+    "HashtagFashionMNISTDataModule",
+    "HashtagLabels",
     "NoisyDigitsDataModule",
     "NoisyFashionMNISTDataModule",
     "NoisyTrainLabels",
+    "SelfTrainingData",
+    "SelfTrainingDigitsDataModule",
+    "SelfTrainingFashionMNISTDataModule",
     "SemiDigitsDataModule",
     "SemiFashionMNISTDataModule",
     "SemiSupervised",

@@ -48,6 +48,23 @@ class UnlabeledBatchDataset(Dataset):
         return Unlabeled(self.arrays.images[index], self.arrays.labels[index])
 
 
+def split_labeled(
+    train: ImageArrays, num_classes: int, labels_per_class: int, split_seed: int
+) -> tuple[ImageArrays, ImageArrays]:
+    """(labelled, unlabelled): ``labels_per_class`` images per class (seeded), and the others.
+
+    Shared by every regime that starts from a few labels (semi-supervised methods, self-training),
+    so that with the same ``split_seed`` they all see the same labelled images.
+    """
+    generator = torch.Generator().manual_seed(split_seed)
+    labeled = stratified_subset(
+        train.labels, num_classes, generator, per_class=labels_per_class
+    )  # (K * labels_per_class,)
+    is_unlabeled = torch.ones(len(train), dtype=torch.bool)
+    is_unlabeled[labeled] = False
+    return train.take(labeled), train.take(torch.nonzero(is_unlabeled).flatten())
+
+
 class SemiSupervised(ImageDataModule):
     """Labelled + unlabelled training batches for the semi-supervised methods.
 
@@ -77,19 +94,15 @@ class SemiSupervised(ImageDataModule):
             return
         super().setup(stage)
         assert self.train is not None
-        generator = torch.Generator().manual_seed(self.split_seed)
-        labeled = stratified_subset(
-            self.train.labels, self.num_classes, generator, per_class=self.semi_labels_per_class
-        )  # (K * labels_per_class,)
-        is_unlabeled = torch.ones(len(self.train), dtype=torch.bool)
-        is_unlabeled[labeled] = False
-        unlabeled = self.train.take(torch.nonzero(is_unlabeled).flatten())
+        labeled, unlabeled = split_labeled(
+            self.train, self.num_classes, self.semi_labels_per_class, self.split_seed
+        )
         if len(unlabeled) < self.mu * self.batch_size:
             raise ConfigError(
                 f"{len(unlabeled)} unlabelled images are fewer than one unlabelled batch of "
                 f"data.mu * data.batch_size = {self.mu * self.batch_size}; lower either."
             )
-        self.train, self.unlabeled = self.train.take(labeled), unlabeled
+        self.train, self.unlabeled = labeled, unlabeled
 
     def train_dataloader(self) -> CombinedLoader:  # type: ignore[override]
         if self.train is None or self.unlabeled is None:

@@ -8,6 +8,7 @@ from deeprecipe.methods.base import BaseMethod
 from deeprecipe.methods.byol import BYOL
 from deeprecipe.methods.context import ContextPrediction
 from deeprecipe.methods.fixmatch import FixMatch
+from deeprecipe.methods.hashtag import HashtagPretraining
 from deeprecipe.methods.jigsaw import Jigsaw
 from deeprecipe.methods.language_model import LanguageModel
 from deeprecipe.methods.linear_probe import LinearProbe
@@ -17,6 +18,7 @@ from deeprecipe.methods.moco import MoCo
 from deeprecipe.methods.noisy import RobustSupervised
 from deeprecipe.methods.pseudo_label import PseudoLabel
 from deeprecipe.methods.rotation import RotationPrediction
+from deeprecipe.methods.self_training import SelfTraining
 from deeprecipe.methods.simclr import SimCLR
 from deeprecipe.methods.supervised import Supervised
 
@@ -27,6 +29,7 @@ __all__ = [
     "BaseMethod",
     "ContextPrediction",
     "FixMatch",
+    "HashtagPretraining",
     "Jigsaw",
     "LanguageModel",
     "LinearProbe",
@@ -35,6 +38,7 @@ __all__ = [
     "PseudoLabel",
     "RobustSupervised",
     "RotationPrediction",
+    "SelfTraining",
     "SimCLR",
     "Supervised",
 ]
