@@ -294,3 +294,25 @@ def test_unknown_head_init_is_a_config_error(make_cfg):
     with pytest.raises(Exception, match="head_init") as raised:
         build_classifier(make_cfg(*DIGITS_MLP, "method.head_init=ones"))
     assert isinstance(user_error(raised.value), ConfigError)
+
+
+def test_coarse_grid_heatmap_places_each_job_in_its_cell(tmp_path):
+    import json
+
+    import matplotlib.image
+
+    sweep = tmp_path / "sweep"
+    grid = {(0.1, 0.0): 0.5, (0.1, 1e-4): 0.6, (0.3, 0.0): 0.7, (0.3, 1e-4): 0.9}
+    for job, ((lr, wd), acc) in enumerate(grid.items()):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- optim.lr={lr}\n- optim.weight_decay={wd}\n"
+        )
+        (sweep / str(job) / "metrics.json").write_text(json.dumps({"val/acc": acc}))
+    lrs, decays, values = coarse.grid_values(sweep, "val/acc")
+    assert lrs == [0.1, 0.3] and decays == [0.0, 1e-4]
+    assert values.tolist() == [[0.5, 0.7], [0.6, 0.9]]  # rows: weight decay; columns: lr
+    path = coarse.grid_heatmap(sweep, "val/acc", tmp_path / "grid.png")
+    assert path is not None and matplotlib.image.imread(path).shape[2] in (3, 4)
+    (tmp_path / "empty").mkdir()
+    assert coarse.grid_heatmap(tmp_path / "empty", "val/acc", tmp_path / "none.png") is None

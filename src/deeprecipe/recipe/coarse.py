@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from deeprecipe.errors import ConfigError
 from deeprecipe.recipe.common import StepResult, compose_step, latest_result
-from deeprecipe.recipe.sweeps import SweepPlan, sweep_result, write_and_launch
+from deeprecipe.recipe.sweeps import SweepPlan, ranked_jobs, sweep_result, write_and_launch
 
 STEP = "coarse"
 WEIGHT_DECAYS = ("0", "1e-5", "1e-4")  # the lecture's "good weight decay to try"
@@ -60,7 +61,62 @@ def run(
     )
     result = sweep_result(STEP, sweep, cfg, status, describe)
     result.values["lr"] = lr
+    if result.values.get("best"):
+        plot = grid_heatmap(sweep.sweep_dir, str(cfg.objective), out_dir / "grid.png")
+        if plot is not None:
+            result.details += ["", f"![grid]({plot.name})"]
     return result
+
+
+def grid_values(sweep_dir: Path, objective: str) -> tuple[list[float], list[float], Any] | None:
+    """(learning rates, weight decays, array[decay, lr] of ``objective``; NaN where no job
+    finished) of a coarse sweep, or None when no job finished."""
+    import numpy as np
+
+    jobs = ranked_jobs(sweep_dir, objective)
+    if not jobs:
+        return None
+    lrs = sorted({float(j["overrides"]["optim.lr"]) for j in jobs})
+    decays = sorted({float(j["overrides"]["optim.weight_decay"]) for j in jobs})
+    grid = np.full((len(decays), len(lrs)), np.nan)
+    for job in jobs:
+        row = decays.index(float(job["overrides"]["optim.weight_decay"]))
+        grid[row, lrs.index(float(job["overrides"]["optim.lr"]))] = job["metrics"][objective]
+    return lrs, decays, grid
+
+
+def grid_heatmap(sweep_dir: Path, objective: str, path: Path) -> Path | None:
+    """Heatmap of ``objective`` over the learning rate x weight decay grid of a coarse sweep.
+
+    Failed jobs show as blank cells; each cell is labelled with its value. None when the sweep
+    has no finished job.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = grid_values(sweep_dir, objective)
+    if values is None:
+        return None
+    lrs, decays, grid = values
+    figure, axes = plt.subplots(figsize=(1.6 * len(lrs) + 2, 1.0 * len(decays) + 1.5))
+    image = axes.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+    axes.set_xticks(range(len(lrs)), [f"{v:.2g}" for v in lrs])
+    axes.set_yticks(range(len(decays)), [f"{v:.0e}" if v else "0" for v in decays])
+    axes.set_xlabel("optim.lr")
+    axes.set_ylabel("optim.weight_decay")
+    for (row, col), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            axes.text(col, row, f"{value:.3f}", ha="center", va="center", color="white")
+    figure.colorbar(image, ax=axes, label=objective)
+    axes.set_title(f"coarse grid: {objective}")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
