@@ -218,6 +218,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     is resumed or, in a multirun, skipped when it finished (see :mod:`deeprecipe.resume`).
     """
     start = time.perf_counter()
+    code = git_sha(Path(cfg.paths.root_dir))  # the code that starts, not the tree at the end
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     plan = resume.plan_resume(cfg)
@@ -265,7 +266,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "steps": trainer.global_step,
             "best_ckpt": best or None,
             "seed": cfg.seed,
-            "git_sha": git_sha(Path(cfg.paths.root_dir)),
+            "git_sha": code,
             "wall_time_s": round(time.perf_counter() - start, 2),
         }
     )
