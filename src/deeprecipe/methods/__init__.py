@@ -21,6 +21,7 @@ from deeprecipe.methods.rotation import RotationPrediction
 from deeprecipe.methods.self_training import SelfTraining
 from deeprecipe.methods.simclr import SimCLR
 from deeprecipe.methods.supervised import Supervised
+from deeprecipe.methods.temporal_order import TemporalOrder
 
 __all__ = [
     "BYOL",
@@ -41,4 +42,5 @@ __all__ = [
     "SelfTraining",
     "SimCLR",
     "Supervised",
+    "TemporalOrder",
 ]
