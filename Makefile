@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 FORTUNES_DIR := /usr/share/games/fortunes
+AUSTEN_ROOT := $(HOME)/.cache/deeprecipe/r-cran-janeaustenr
+AUSTEN_DB := usr/lib/R/site-library/janeaustenr/data/Rdata
 ARGS ?=
 
 .PHONY: install data run test test-full lint format bench clean
@@ -24,7 +26,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q -j 0 $(VENV)/lib src > /dev/null || true
 	touch $(STAMP)
 
-# Real data from Debian packages: Fashion-MNIST (images) and fortunes (text corpus).
+# Real data from Debian packages: Fashion-MNIST (images), fortunes and Jane Austen's novels
+# (text). The Austen package depends on R, which is not needed: it is fetched with
+# `apt-get download` and unpacked with `dpkg -x` into $(AUSTEN_ROOT).
 data:
 	@missing=""; \
 	[ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] || missing="$$missing dataset-fashion-mnist"; \
@@ -39,6 +43,18 @@ data:
 		echo "Missing Debian packages:$$missing. Install them with sudo apt-get install$$missing,"; \
 		echo "or download Fashion-MNIST's idx files (github.com/zalandoresearch/fashion-mnist) and"; \
 		echo "run with data.root=THEIR_FOLDER; any UTF-8 text works with data=fortunes data.path=FILE."; \
+	fi
+	@if [ -f $(AUSTEN_ROOT)/$(AUSTEN_DB).rdb ] || [ -f /$(AUSTEN_DB).rdb ]; then \
+		echo "Data found: Jane Austen's novels (r-cran-janeaustenr)"; \
+	elif command -v apt-get > /dev/null && command -v dpkg > /dev/null; then \
+		tmp=$$(mktemp -d) && \
+		(cd $$tmp && (apt-get download -qq r-cran-janeaustenr > /dev/null 2>&1 || \
+		  (apt-get update -qq > /dev/null 2>&1; apt-get download -qq r-cran-janeaustenr))) && \
+		mkdir -p $(AUSTEN_ROOT) && dpkg -x $$tmp/r-cran-janeaustenr_*.deb $(AUSTEN_ROOT) && \
+		rm -rf $$tmp && echo "Unpacked r-cran-janeaustenr into $(AUSTEN_ROOT)" || \
+		echo "Could not fetch r-cran-janeaustenr: data=austen is unavailable (the rest works)."; \
+	else \
+		echo "No apt-get: data=austen needs the R package janeaustenr (data.austen_dir=ITS_FOLDER)."; \
 	fi
 
 run: install

@@ -23,9 +23,17 @@ from deeprecipe.augment import (
     RandomGrayscale,
     RandomResizedCrop,
 )
-from deeprecipe.augment.geometric import resized_crop, sample_crop_boxes
+from deeprecipe.augment.geometric import affine_grid, resized_crop, sample_crop_boxes
 from deeprecipe.augment.mixing import cutmix, mix_targets, mixup
-from deeprecipe.augment.randaugment import ENHANCE, OPERATIONS, SHEAR, TRANSLATE
+from deeprecipe.augment.randaugment import (
+    ENHANCE,
+    OPERATIONS,
+    SHEAR,
+    TRANSLATE,
+    equalize,
+    posterize,
+    sharpness,
+)
 from deeprecipe.errors import ConfigError
 from deeprecipe.losses import smooth_targets
 
@@ -120,6 +128,15 @@ def test_bad_values_raise_config_error(build):
 
 
 # ------------------------------------------------------------------------ random resized crop
+@pytest.mark.parametrize("size", [(20, 24), (1, 7), (32, 32)])
+def test_affine_grid_equals_torch(size):
+    torch.manual_seed(3)
+    theta = torch.randn(6, 2, 3)
+    want = F.affine_grid(theta, [6, 1, *size], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, *size), want)
+    assert affine_grid(theta, *size).is_contiguous()
+
+
 def test_resized_crop_equals_interpolating_each_crop():
     torch.manual_seed(2)
     x = torch.rand(5, 2, 20, 24)
@@ -314,6 +331,41 @@ def test_randaugment_shear_shifts_each_row_in_proportion_to_its_height():
             if 0 <= col + offset < 16:
                 want[0, 0, row, col] = x[0, 0, row, col + offset]
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batched_equalize_equals_torchvision(channels):
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(21)
+    x = torch.rand(6, channels, 12, 10) ** 3  # skewed histograms
+    x[1] = 0.5  # flat: only quantized
+    x[2] = torch.randint(0, 256, x[2].shape) / 255  # exact 8-bit levels
+    x[3, :, :4] = 1.0  # many pixels at the brightest value
+    torch.testing.assert_close(equalize(x), TF.equalize(x), atol=1e-6, rtol=0)
+
+
+def test_posterize_per_image_bits_equals_kornia():
+    import kornia.enhance as KE
+
+    torch.manual_seed(23)
+    x = torch.rand(4, 3, 7, 7)
+    bits = torch.tensor([8, 6, 4, 1])
+    out = posterize(x, bits.float())
+    for image, b, got in zip(x, bits.tolist(), out, strict=True):
+        torch.testing.assert_close(got, KE.posterize(image[None], b)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[0], x[0])  # all 8 bits: unchanged
+
+
+def test_batched_sharpness_equals_torchvision_image_by_image():
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(22)
+    x = torch.rand(5, 3, 9, 11)
+    factor = torch.tensor([0.1, 1.0, 1.9, 0.5, 1.5])
+    out = sharpness(x, factor)
+    for image, f, got in zip(x, factor.tolist(), out, strict=True):
+        torch.testing.assert_close(got, TF.adjust_sharpness(image, f), atol=1e-6, rtol=0)
 
 
 def test_randaugment_photometric_levels_follow_the_magnitude_scale():

@@ -254,6 +254,27 @@ def test_wrong_config_values_are_named_before_training(tmp_path, override, words
     GlobalHydra.instance().clear()
 
 
+def test_eval_checkpoint_both_reports_best_and_final_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = compose_run(run_dir, "trainer.max_epochs=4", "logger=csv", "eval_checkpoint=both")
+    metrics = train.run(cfg)
+    assert metrics["eval_checkpoint"] == "both"
+    # recompute both from the saved checkpoints, independently of run()'s bookkeeping
+    datamodule, method, trainer = train.build(cfg)
+    for prefix, ckpt in (
+        ("", metrics["best_ckpt"]),
+        ("final/", str(run_dir / "checkpoints/last.ckpt")),
+    ):
+        test = trainer.test(method, datamodule=datamodule, ckpt_path=ckpt, verbose=False)[0]
+        assert metrics[f"{prefix}test/loss"] == pytest.approx(test["test/loss"], rel=1e-6)
+        assert metrics[f"{prefix}test/acc"] == pytest.approx(test["test/acc"])
+    with pytest.raises(
+        ConfigError, match="eval_checkpoint='newest'; it must be best, last or both"
+    ):
+        train.run(compose_run(tmp_path / "bad", "eval_checkpoint=newest"))
+    GlobalHydra.instance().clear()
+
+
 def test_failing_rerun_in_an_existing_run_dir_loses_nothing(tmp_path):
     run_dir = tmp_path / "run"
     train.run(compose_run(run_dir, "trainer.max_epochs=1", "logger=csv"))

@@ -61,6 +61,7 @@ def _batch_limit(value: Any) -> bool:
 # inside torch or Lightning, or (a NaN learning rate) not fail at all.
 CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", _integer, "an integer"),
+    ("eval_checkpoint", lambda v: v in ("best", "last", "both"), "best, last or both"),
     ("optim.lr", lambda v: _number(v) and v > 0, "a positive number, e.g. 0.01"),
     ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -209,6 +210,23 @@ def _best_checkpoint_callback(trainer: L.Trainer) -> ModelCheckpoint | None:
     return monitored[0] if monitored else first if isinstance(first, ModelCheckpoint) else None
 
 
+def _evaluate(
+    trainer: L.Trainer,
+    method: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+    weights_only: bool,
+) -> dict[str, Any]:
+    """Validation and test metrics of checkpoint ``ckpt_path`` (None: the current weights)."""
+    val = trainer.validate(
+        method, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False, weights_only=weights_only
+    )
+    test = trainer.test(
+        method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=weights_only
+    )
+    return {**val[0], **test[0]}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; return (and write) its metrics.
 
@@ -246,18 +264,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = _best_checkpoint_callback(trainer)
     best = checkpoint.best_model_path if checkpoint is not None else ""
+    which = cfg.get("eval_checkpoint", "best")
+    final: dict[str, Any] = {}
+    if which in ("last", "both") and best:  # before the best checkpoint replaces the weights
+        final = _evaluate(trainer, method, datamodule, None, weights_only)
     # Final numbers are those of the best checkpoint (the current weights without one).
-    val = trainer.validate(
-        method,
-        datamodule=datamodule,
-        ckpt_path=best or None,
-        verbose=False,
-        weights_only=weights_only,
+    metrics: dict[str, Any] = (
+        dict(final)
+        if which == "last" and final
+        else _evaluate(trainer, method, datamodule, best or None, weights_only)
     )
-    test = trainer.test(
-        method, datamodule=datamodule, ckpt_path=best or None, weights_only=weights_only
-    )
-    metrics: dict[str, Any] = {**val[0], **test[0]}
+    if which == "both":
+        metrics.update({f"final/{key}": value for key, value in (final or metrics).items()})
     metrics.update(
         {
             "train/throughput": round(throughput.samples_per_second, 2),
@@ -265,6 +283,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "epochs": trainer.current_epoch,
             "steps": trainer.global_step,
             "best_ckpt": best or None,
+            "eval_checkpoint": which,
             "seed": cfg.seed,
             "git_sha": code,
             "wall_time_s": round(time.perf_counter() - start, 2),

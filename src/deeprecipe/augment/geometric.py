@@ -1,9 +1,10 @@
 """Scale augmentation: a random box of each image, resized back to the input size.
 
-Written here rather than taken from kornia: a batch of crops is one ``affine_grid`` +
+Written here rather than taken from kornia: a batch of crops is one sampling grid +
 ``grid_sample``, about twice as fast on a CPU as ``kornia.augmentation.RandomResizedCrop``
 (3.7 ms against 7.9 ms for 256 images of 28x28 on one thread), which goes through a perspective
-warp and per-call parameter bookkeeping for the same result.
+warp and per-call parameter bookkeeping for the same result. The grid itself is built by
+:func:`affine_grid`, faster than torch's on a CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +18,23 @@ from torch import Tensor, nn
 
 from deeprecipe.augment.checks import check_interval
 from deeprecipe.errors import ConfigError
+
+
+def affine_grid(theta: Tensor, height: int, width: int) -> Tensor:
+    """``F.affine_grid(theta, (b, C, height, width), align_corners=False)``, 2-3x faster on a CPU.
+
+    torch builds a (H W, 3) base grid and runs a batched matrix product over it; the grid is
+    only ``theta[:, :, 0] x + theta[:, :, 1] y + theta[:, :, 2]`` at the pixel centres, computed
+    here by broadcasting straight into the (b, H, W, 2) layout grid_sample reads.
+    """
+    xs = (torch.arange(width, dtype=theta.dtype, device=theta.device) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=theta.dtype, device=theta.device) * 2 + 1) / height - 1
+    columns = theta.transpose(1, 2)[:, :, None, None, :]  # (b, 3, 1, 1, 2)
+    return (
+        columns[:, 0] * xs.view(1, 1, width, 1)
+        + columns[:, 1] * ys.view(1, height, 1, 1)
+        + columns[:, 2]
+    )
 
 
 def sample_crop_boxes(
@@ -50,7 +68,7 @@ def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
 
     Bilinear sampling; a sample point just outside the image repeats the edge pixel.
     """
-    batch, channels, height, width = x.shape
+    batch, _, height, width = x.shape
     top, left, box_height, box_width = boxes.to(x.dtype).unbind(dim=1)  # each (B,)
     # Output coordinates in [-1, 1] map to the box: scale by the box size, shift to its centre.
     theta = x.new_zeros(batch, 2, 3)
@@ -58,7 +76,7 @@ def resized_crop(x: Tensor, boxes: Tensor) -> Tensor:
     theta[:, 0, 2] = (2 * left + box_width) / width - 1
     theta[:, 1, 1] = box_height / height
     theta[:, 1, 2] = (2 * top + box_height) / height - 1
-    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
+    grid = affine_grid(theta, height, width)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

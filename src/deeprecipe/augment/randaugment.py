@@ -6,10 +6,12 @@ operation raises on 1-channel images (about one batch in seven). Here every imag
 operations, and ``color`` is left out for images that are not RGB. Each operation runs once per
 batch on the images that drew it, with per-image magnitudes. The photometric ones are kornia's
 batched functional ops (torchvision's for auto-contrast, which leaves a flat channel as it is
-where kornia's min-max scaling blacks it out). The geometric ones are written here as affine
-warps, and all the images of a layer that drew any of the five (rotate, shear x/y, translate
-x/y) are warped by ONE ``grid_sample`` with a matrix per image: a warp costs about the same for
-4 images as for 40 on a CPU, so one call instead of five per layer (kornia's ``warp_affine``
+where kornia's min-max scaling blacks it out), except equalize, posterize and sharpness: one
+batched op each written here, equal to torchvision's and kornia's and 2-3x faster on a CPU.
+The geometric ones are written here as affine warps, and all the images of a layer that drew
+any of the five (rotate, shear x/y, translate x/y) are warped by ONE ``grid_sample`` with a
+matrix per image: a warp costs about the same for 4 images as for 40 on a CPU, so one call
+instead of five per layer (kornia's ``warp_affine``
 costs 1-2 ms per call however few images it gets).
 """
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from deeprecipe.augment.geometric import affine_grid
 from deeprecipe.errors import ConfigError
 
 MAX_MAGNITUDE = 30.0  # magnitude scale of torchvision (31 bins) and kornia
@@ -52,8 +55,13 @@ def _affine(x: Tensor, linear: Tensor, shift: Tensor) -> Tensor:
     theta = torch.cat(
         [linear * to_unit[:, None] / to_unit[None, :], (shift * to_unit)[:, :, None]], dim=2
     )  # (b, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (b, H, W, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        x,
+        affine_grid(theta, height, width),
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=False,
+    )
 
 
 def _rotate(x: Tensor, level: Tensor) -> Tensor:
@@ -75,19 +83,71 @@ def _translate(x: Tensor, level: Tensor, axis: int) -> Tensor:
     return _affine(x, torch.eye(2, dtype=x.dtype, device=x.device).expand(len(x), 2, 2), shift)
 
 
+def equalize(x: Tensor) -> Tensor:
+    """Histogram equalization of every channel of images (B, C, H, W) in [0, 1], batched.
+
+    Equal to torchvision's ``equalize`` (PIL's lookup table: ``step`` = pixels not at the
+    brightest value present // 255; ``lut[k] = (cumsum[k - 1] + step // 2) // step``; a channel
+    with ``step == 0`` is only quantized), on the same 8-bit quantization of the input. One
+    histogram scatter for all channels of the batch: 2-3x faster than torchvision's or kornia's
+    on a CPU.
+    """
+    batch, channels, height, width = x.shape
+    rows, pixels = batch * channels, height * width
+    ids = x.mul(256 - 1e-3).long().clamp_(0, 255).view(rows, pixels)  # torchvision's to-uint8
+    histogram = x.new_zeros(rows, 256).scatter_add_(1, ids, x.new_ones(1).expand(rows, pixels))
+    cumulative = histogram.cumsum(dim=1)
+    brightest = histogram.gather(1, cumulative.argmax(dim=1, keepdim=True))  # (rows, 1)
+    step = (pixels - brightest).div_(255).floor_()
+    lut = (cumulative[:, :-1] + (step / 2).floor()).div_(step.clamp(min=1)).floor_().clamp_(0, 255)
+    lut = torch.cat([lut.new_zeros(rows, 1), lut], dim=1)  # lut[0] = 0
+    lut = torch.where(step > 0, lut, torch.arange(256, dtype=x.dtype, device=x.device))
+    return lut.gather(1, ids).view_as(x) / 255
+
+
+def posterize(x: Tensor, bits: Tensor) -> Tensor:
+    """Keep the ``bits[i]`` high bits of the 8-bit levels of image ``i`` (B, C, H, W) in [0, 1].
+
+    Kornia's convention: values are quantized through 8-bit integers (``floor(255 x)``) and an
+    image keeping all 8 bits is returned unchanged.
+    """
+    drop = (8 - bits).to(device=x.device, dtype=torch.int64).view(-1, 1, 1, 1)  # low bits dropped
+    levels = x.mul(255).long().clamp_(0, 255)
+    posterized = ((levels >> drop) << drop).to(x.dtype) / 255
+    return torch.where(drop == 0, x, posterized)
+
+
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
+
+
+def sharpness(x: Tensor, factor: Tensor) -> Tensor:
+    """PIL's sharpness enhancement with a factor per image (B,), images (B, C, H, W) in [0, 1].
+
+    Blends each image with its 3x3-smoothed version (kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13,
+    border pixels kept): ``smooth + factor * (x - smooth)``, clipped to [0, 1]; factor 1 is the
+    identity, 0 the smoothed image, > 1 sharpens. Kornia's ``sharpness`` computes the same with
+    more overhead per call.
+    """
+    batch, channels, height, width = x.shape
+    kernel = _SMOOTH.to(dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+    smooth = x.clone()
+    if height > 2 and width > 2:
+        inner = F.conv2d(x.reshape(batch * channels, 1, height, width), kernel)
+        smooth[..., 1:-1, 1:-1] = inner.view(batch, channels, height - 2, width - 2)
+    return torch.lerp(smooth, x, factor.to(x.dtype).view(-1, 1, 1, 1)).clamp_(0, 1)
+
+
 OPERATIONS: dict[str, Operation] = {
     "identity": lambda x, level: x,
     "auto_contrast": lambda x, level: TF.autocontrast(x),
-    "equalize": lambda x, level: KE.equalize(x),
+    "equalize": lambda x, level: equalize(x),
     "rotate": _rotate,
     "solarize": lambda x, level: KE.solarize(x, 1.0 - level.abs()),
     "color": lambda x, level: KE.adjust_saturation_with_gray_subtraction(x, 1 + ENHANCE * level),
-    "posterize": lambda x, level: KE.posterize(
-        x, 8 - (POSTERIZE_BITS * level.abs()).round().long()
-    ),
+    "posterize": lambda x, level: posterize(x, 8 - (POSTERIZE_BITS * level.abs()).round()),
     "contrast": lambda x, level: KE.adjust_contrast_with_mean_subtraction(x, 1 + ENHANCE * level),
     "brightness": lambda x, level: KE.adjust_brightness_accumulative(x, 1 + ENHANCE * level),
-    "sharpness": lambda x, level: KE.sharpness(x, 1 + ENHANCE * level),
+    "sharpness": lambda x, level: sharpness(x, 1 + ENHANCE * level),
     "shear_x": lambda x, level: _shear(x, level, axis=0),
     "shear_y": lambda x, level: _shear(x, level, axis=1),
     "translate_x": lambda x, level: _translate(x, level, axis=0),

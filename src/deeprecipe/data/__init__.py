@@ -5,13 +5,14 @@ from deeprecipe.data.digits import DigitsDataModule
 from deeprecipe.data.fashion_mnist import FashionMNISTDataModule
 from deeprecipe.data.image_folder import ImageFolderDataModule
 from deeprecipe.data.moving_fashion import MovingFashionDataModule
-from deeprecipe.data.text import CharTextDataModule
+from deeprecipe.data.text import AustenDataModule, CharTextDataModule
 from deeprecipe.data.torchvision_sets import TorchvisionDataModule
 from deeprecipe.data.video import VideoDataModule
 from deeprecipe.data.video_clips import VideoClipsDataModule
 from deeprecipe.data.video_folder import VideoFolderDataModule
 
 __all__ = [
+    "AustenDataModule",
     "CharTextDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",

@@ -8,7 +8,8 @@ continue the same streams, and a recurrent model can carry its hidden state acro
 
 The default corpus is Debian's ``fortunes`` package (plain-text files under
 ``/usr/share/games/fortunes``, one fortune after another separated by ``%`` lines); ``path``
-takes any UTF-8 text file instead.
+takes any UTF-8 text file instead, and :class:`AustenDataModule` reads Jane Austen's six novels
+from Debian's ``r-cran-janeaustenr`` (no R needed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -25,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from deeprecipe.batches import Tokens
+from deeprecipe.data.rdata import read_character_vector
 from deeprecipe.errors import ConfigError, CorruptDataError, DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -243,13 +246,20 @@ class CharTextDataModule(L.LightningDataModule):
             )
         return files
 
-    def read_splits(self) -> tuple[str, str, str]:
-        """(train, val, test) text: every source file cut into contiguous blocks, concatenated."""
-        parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+    def documents(self) -> list[str]:
+        """The texts of the corpus, each split into blocks on its own (one per source file)."""
+        texts = []
         for file in self.source_files():
             text = read_utf8(file)
             if self.path is None:
                 text = _SEPARATOR.sub("", text)  # a `%` line becomes a blank line
+            texts.append(text)
+        return texts
+
+    def read_splits(self) -> tuple[str, str, str]:
+        """(train, val, test) text: every document cut into contiguous blocks, concatenated."""
+        parts: tuple[list[str], list[str], list[str]] = ([], [], [])
+        for text in self.documents():
             for blocks, block in zip(
                 parts, split_blocks(text, self.val_fraction, self.test_fraction), strict=True
             ):
@@ -313,3 +323,81 @@ class CharTextDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test, self.eval_batch_size, train=False)
+
+
+AUSTEN_BOOKS = (
+    "sensesensibility",
+    "prideprejudice",
+    "mansfieldpark",
+    "emma",
+    "northangerabbey",
+    "persuasion",
+)
+# where R installs the package, then where `make data` unpacks the Debian package without R
+AUSTEN_DIRS = (
+    "/usr/lib/R/site-library/janeaustenr",
+    "~/.cache/deeprecipe/r-cran-janeaustenr/usr/lib/R/site-library/janeaustenr",
+)
+
+
+class AustenDataModule(CharTextDataModule):
+    """Jane Austen's six novels (4.0 M characters) from Debian's ``r-cran-janeaustenr``.
+
+    The package stores each novel as an R character vector (one element per line of the Project
+    Gutenberg text) in its lazy-load database ``data/Rdata.rdb``; :mod:`deeprecipe.data.rdata`
+    reads it without R. Each novel's lines are joined with newlines and cut into train/val/test
+    blocks on its own, so every novel is in every split. ``make data`` fetches the package with
+    ``apt-get download`` and unpacks it with ``dpkg -x`` (R itself is not needed).
+
+    Args:
+        austen_dir: the installed package folder (holding ``data/Rdata.rdb``); None tries
+            :data:`AUSTEN_DIRS` in order.
+        books: which novels, by their R names (default: all six, in publication order).
+        **kwargs: the :class:`CharTextDataModule` arguments (``path`` excepted).
+    """
+
+    def __init__(
+        self,
+        austen_dir: str | None = None,
+        books: list[str] | tuple[str, ...] = AUSTEN_BOOKS,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(books) - set(AUSTEN_BOOKS))
+        if unknown or not books:
+            raise ConfigError(
+                f"data.books={list(books)}: {unknown or 'empty'}; choose among "
+                f"{', '.join(AUSTEN_BOOKS)}."
+            )
+        self.austen_dir = Path(austen_dir).expanduser() if austen_dir else None
+        self.books = tuple(books)
+
+    def database(self) -> Path:
+        """``data/Rdata`` of the package (the ``.rdb``/``.rdx`` pair, without suffix)."""
+        candidates = (
+            [self.austen_dir] if self.austen_dir else [Path(d).expanduser() for d in AUSTEN_DIRS]
+        )
+        for folder in candidates:
+            if (folder / "data" / "Rdata.rdb").is_file():
+                return folder / "data" / "Rdata"
+        raise DataNotFoundError(
+            "Jane Austen's novels were not found in "
+            f"{', '.join(str(c) for c in candidates)}. Run `make data` (it runs `apt-get download "
+            "r-cran-janeaustenr` and unpacks it with `dpkg -x` into ~/.cache/deeprecipe), or "
+            "install the R package, or set data.austen_dir=FOLDER_OF_THE_PACKAGE."
+        )
+
+    @property
+    def source_name(self) -> str:
+        return f"Jane Austen's novels ({self.austen_dir or 'r-cran-janeaustenr'})"
+
+    def source_files(self) -> list[Path]:
+        database = self.database()
+        return [database.with_suffix(".rdb"), database.with_suffix(".rdx")]
+
+    def documents(self) -> list[str]:
+        database = self.database()
+        return [
+            "\n".join(line or "" for line in read_character_vector(database, book)) + "\n"
+            for book in self.books
+        ]
