@@ -137,6 +137,13 @@ def test_austen_datamodule_splits_every_book(tmp_path: Path) -> None:
     train = datamodule.vocabulary.decode(datamodule.train)
     assert train.startswith("EMMA\n\nline 0 of emma")
     assert "of emma" in val and "of persuasion" in val and "of prideprejudice" not in train
+    text = tmp_path / "own.txt"
+    text.write_text("any text at all, " * 40)
+    own = AustenDataModule(
+        austen_dir=str(tmp_path / "none"), path=str(text), seq_len=8, batch_size=2
+    )
+    own.setup()  # data.path replaces the novels
+    assert own.vocabulary is not None and "any text" in own.vocabulary.decode(own.train)
     with pytest.raises(ConfigError, match="data.books.*'hamlet'"):
         AustenDataModule(austen_dir=str(folder), books=["hamlet"])
     with pytest.raises(DataNotFoundError, match="make data"):

@@ -204,7 +204,7 @@ def model_spec(option: str) -> list[str]:
     """Overrides that give a model config the data it was written for."""
     text = (CONF / "model" / f"{option}.yaml").read_text()
     if "vocab_size" in text:  # character models: text data
-        return ["+experiment=char_lstm", f"model={option}"]
+        return ["+experiment=char_lstm", "data=fortunes", f"model={option}"]
     if is_video_model(option):  # short clips; at 16 px R(2+1)D-18's last BN sees 2 values
         size = 32 if option in TORCHVISION_VIDEO else 16
         return [

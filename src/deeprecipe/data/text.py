@@ -353,7 +353,8 @@ class AustenDataModule(CharTextDataModule):
         austen_dir: the installed package folder (holding ``data/Rdata.rdb``); None tries
             :data:`AUSTEN_DIRS` in order.
         books: which novels, by their R names (default: all six, in publication order).
-        **kwargs: the :class:`CharTextDataModule` arguments (``path`` excepted).
+        **kwargs: the :class:`CharTextDataModule` arguments; its ``path`` (a UTF-8 text file)
+            replaces the novels, as it replaces the fortunes.
     """
 
     def __init__(
@@ -389,13 +390,19 @@ class AustenDataModule(CharTextDataModule):
 
     @property
     def source_name(self) -> str:
+        if self.path is not None:
+            return super().source_name
         return f"Jane Austen's novels ({self.austen_dir or 'r-cran-janeaustenr'})"
 
     def source_files(self) -> list[Path]:
+        if self.path is not None:  # data.path=FILE: any text file instead, as for every text data
+            return super().source_files()
         database = self.database()
         return [database.with_suffix(".rdb"), database.with_suffix(".rdx")]
 
     def documents(self) -> list[str]:
+        if self.path is not None:
+            return super().documents()
         database = self.database()
         return [
             "\n".join(line or "" for line in read_character_vector(database, book)) + "\n"
