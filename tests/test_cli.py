@@ -100,6 +100,26 @@ def test_multirun_writes_summary_with_seed_mean_std(tmp_path):
     assert "Mean ± std over seeds" in markdown and " ± " in markdown.split("Mean ± std")[1]
 
 
+def test_multirun_job_crash_is_reported_when_it_happens(tmp_path):
+    # a TypeError from inside a constructor is not a user error we know: Hydra holds it until the
+    # sweep ends, so the job's own log and error.txt must name it at once
+    result = run_cli(
+        "-m",
+        f"paths.log_dir={tmp_path}",
+        "+experiment=digits_mlp",
+        "+method.bogus_option=1",
+        "seed=0,1",
+        *QUIET,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    sweep_dir = only(list((tmp_path / "multiruns" / "digits_mlp").iterdir()))
+    for job in ("0", "1"):
+        error = (sweep_dir / job / "error.txt").read_text()
+        assert "Traceback" in error and "bogus_option" in error
+    assert result.stderr.count("This job failed") + result.stdout.count("This job failed") == 2
+
+
 def test_optuna_random_sweep(tmp_path):
     result = run_cli(
         "-m",

@@ -10,6 +10,7 @@ import logging
 import math
 import subprocess
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -316,7 +317,9 @@ def main(cfg: DictConfig) -> float | None:
     A :class:`DeeprecipeError` (bad config, missing data, diverged loss) is reported as its
     message without a traceback. A single run then exits with status 1; inside a multirun the job
     is recorded as failed (``error.txt`` in its dir) and the sweep goes on, with NaN as the
-    objective so that Optuna marks the trial failed. A config with a ``self_training`` node
+    objective so that Optuna marks the trial failed. Any other exception of a multirun job is
+    logged with its traceback and written to the job's ``error.txt`` at once, then re-raised
+    (Hydra reports it when the sweep ends). A config with a ``self_training`` node
     (``+experiment=self_training_fashion``) runs all its rounds (:mod:`deeprecipe.self_training`).
     """
     if cfg.get("self_training") is not None:
@@ -328,6 +331,12 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as raised:
         error = user_error(raised)
         if error is None:
+            if _is_multirun():
+                # Hydra keeps a failed job's exception until the whole sweep ends: say it now
+                log.exception("This job failed (the sweep goes on; Hydra re-raises at its end)")
+                output_dir = Path(cfg.paths.output_dir)
+                output_dir.mkdir(parents=True, exist_ok=True)
+                (output_dir / "error.txt").write_text(traceback.format_exc())
             raise
         log.error("%s: %s", type(error).__name__, error)
         if not _is_multirun():

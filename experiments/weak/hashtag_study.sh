@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The hashtag study of experiments/weak/README.md: weak pretraining on simulated hashtags, then
+# fine-tuning on 1% of the clean labels (60 per class), against training on the 1% alone.
+#   rows: label space designed (pool 10/30/100%) or raw (design step off, pool 100%)
+#   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
+# Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, so the
+# pools differ in data, not in compute. Usage (from the repository root):
+#   experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS]
+# Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
+set -euo pipefail
+out=${1:?output dir}
+seeds=${2:-"0 1 2"}
+steps=${3:-430}
+python=${PYTHON:-.venv/bin/python}
+common=(trainer.enable_progress_bar=false logger=csv)
+mkdir -p "$out"
+
+record() {  # record ROW CAPACITY POOL SEED RUN_DIR
+    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
+import json, sys
+from pathlib import Path
+row, capacity, pool, seed, run_dir = sys.argv[1:]
+metrics = json.loads(Path(run_dir, "metrics.json").read_text())
+keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) or k == "wall_time_s"}
+print(json.dumps({"row": row, "capacity": capacity, "pool": float(pool), "seed": int(seed), **keep}))
+PY
+}
+
+for seed in $seeds; do
+    for capacity in 4 16; do
+        model=(model=resnet9 model.width=$capacity)
+        dir=$out/scratch/w$capacity/$seed
+        [ -f "$dir/metrics.json" ] || "$python" run.py +experiment=hashtag_scratch "${model[@]}" \
+            seed=$seed "${common[@]}" hydra.run.dir="$dir"
+        record scratch $capacity 0 $seed "$dir"
+        for space_pool in designed:0.1 designed:0.3 designed:1.0 raw:1.0; do
+            space=${space_pool%%:*}
+            pool=${space_pool##*:}
+            [ "$space" = raw ] && [ "$capacity" = 4 ] && continue  # design-off row: large model
+            data=fashion_mnist_hashtags
+            [ "$space" = raw ] && data=fashion_mnist_hashtags_raw
+            pre=$out/pretrain/$space/w$capacity/pool$pool/$seed
+            [ -f "$pre/metrics.json" ] || "$python" run.py +experiment=hashtag_pretrain \
+                data=$data data.pool_fraction=$pool "${model[@]}" seed=$seed \
+                trainer.max_epochs=-1 trainer.max_steps=$steps "${common[@]}" \
+                hydra.run.dir="$pre"
+            fine=$out/finetune/$space/w$capacity/pool$pool/$seed
+            [ -f "$fine/metrics.json" ] || "$python" run.py +experiment=hashtag_finetune \
+                pretraining_checkpoint="$pre/checkpoints/last.ckpt" "${model[@]}" seed=$seed \
+                "${common[@]}" hydra.run.dir="$fine"
+            record "pretrain_$space" $capacity $pool $seed "$fine"
+        done
+    done
+done
