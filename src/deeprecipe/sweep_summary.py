@@ -2,7 +2,9 @@
 
 Registered as a Hydra callback (``conf/hydra/default.yaml``), so it runs at the end of every
 multirun whatever the sweeper (basic grid, Optuna random or TPE). It can also be run by hand on
-a sweep dir: ``python -m deeprecipe.sweep_summary logs/multiruns/NAME/DATE``.
+a sweep dir: ``python -m deeprecipe.sweep_summary logs/multiruns/NAME/DATE``, which also prints
+a pivot table of one metric by two overrides (``--rows +noise --columns +loss --metric
+test/acc``), the layout of a study's table.
 """
 
 from __future__ import annotations
@@ -206,6 +208,74 @@ def log_to_wandb(sweep_dir: Path, csv_path: Path, config: DictConfig, wandb_node
     )
 
 
+def pivot(
+    sweep_dirs: list[Path],
+    rows: str,
+    columns: str,
+    metric: str,
+    scale: float = 1.0,
+    digits: int = 2,
+) -> list[str]:
+    """A Markdown table of ``metric`` (mean ± std over the seeds) by two overrides.
+
+    ``rows`` and ``columns`` name overrides as written on the command line (``+loss``,
+    ``data.noise_rate``); the jobs of all ``sweep_dirs`` are pooled. Values are multiplied by
+    ``scale`` (100 for percentages). Cells list the seed count when it is not the same everywhere,
+    and stay empty where no job finished.
+    """
+    jobs = [job for folder in sweep_dirs for job in read_jobs(folder) if job["status"] == "ok"]
+    cells: dict[tuple[str, str], list[float]] = {}
+    row_values: list[str] = []
+    column_values: list[str] = []
+    for job in jobs:
+        value = job["metrics"].get(metric)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        row, column = job["overrides"].get(rows, ""), job["overrides"].get(columns, "")
+        row_values += [row] if row not in row_values else []
+        column_values += [column] if column not in column_values else []
+        cells.setdefault((row, column), []).append(float(value) * scale)
+    counts = {len(v) for v in cells.values()}
+
+    def cell(values: list[float] | None) -> str:
+        if not values:
+            return ""
+        mean = statistics.mean(values)
+        text = f"{mean:.{digits}f}"
+        if len(values) > 1:
+            text += f" ± {statistics.stdev(values):.{digits}f}"
+        return text + (f" (n={len(values)})" if len(counts) > 1 else "")
+
+    header = [f"{rows} / {columns}", *column_values]
+    body = [[row, *(cell(cells.get((row, c))) for c in column_values)] for row in row_values]
+    seeds = f"{counts.pop()} seeds" if len(counts) == 1 else "n seeds"
+    return [f"{metric} x {scale:g}, mean ± std over {seeds}", "", *_markdown_table(header, body)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m deeprecipe.sweep_summary SWEEP_DIR...``: (re)write each summary; with
+    ``--rows KEY --columns KEY --metric NAME``: print a pivot table over all the dirs instead."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m deeprecipe.sweep_summary")
+    parser.add_argument("sweep_dirs", nargs="+", type=Path)
+    parser.add_argument("--rows", help="override whose values make the rows, e.g. +noise")
+    parser.add_argument("--columns", help="override whose values make the columns, e.g. +loss")
+    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--scale", type=float, default=1.0, help="e.g. 100 for percentages")
+    parser.add_argument("--digits", type=int, default=2)
+    args = parser.parse_args(argv)
+    if (args.rows is None) != (args.columns is None):
+        parser.error("--rows and --columns go together")
+    if args.rows is not None:
+        table = pivot(
+            args.sweep_dirs, args.rows, args.columns, args.metric, args.scale, args.digits
+        )
+        print("\n".join(table))
+        return
+    for folder in args.sweep_dirs:
+        print(summarize(folder))
+
+
 if __name__ == "__main__":
-    for folder in sys.argv[1:]:
-        print(summarize(Path(folder)))
+    main(sys.argv[1:])
