@@ -22,7 +22,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import deeprecipe.train as train
 from conftest import CONF, QUIET, ROOT, run_cli
@@ -209,6 +209,23 @@ def test_plan_ignores_other_overrides_and_prefers_the_newest(tmp_path):
     with open_dict(cfg):
         cfg.resume = "never"
     assert resume.plan_resume(cfg).checkpoint is None
+    GlobalHydra.instance().clear()
+
+
+def test_plan_passes_over_an_attempt_whose_config_files_changed(tmp_path):
+    runs = tmp_path / "runs"
+    overrides = ["+experiment=digits_mlp", "seed=4"]
+    same = fake_attempt(runs / "a", overrides, "checkpoints/last.ckpt")
+    changed = fake_attempt(runs / "b", overrides, "checkpoints/last.ckpt")  # the newest
+    cfg = compose_attempt(runs / "c", overrides)
+    saved = OmegaConf.to_container(cfg, resolve=False)
+    saved.pop("hydra")
+    saved["resume"] = "never"  # how to start, and where: not what is trained
+    saved["paths"] = {"output_dir": "/elsewhere"}
+    (same / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    saved["model"] = {**saved["model"], "hidden_dims": [4096]}  # the experiment file was edited
+    (changed / ".hydra" / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert resume.plan_resume(cfg).source_dir == same.resolve()
     GlobalHydra.instance().clear()
 
 

@@ -4,7 +4,9 @@ Hydra gives every launch a new timestamped dir, so running a killed command agai
 its checkpoint by path. With ``resume: auto`` a run looks through the earlier attempts of its
 ``run_name`` (``runs/NAME/*`` for single runs, ``multiruns/NAME/*/N`` for multirun jobs) for the
 newest one whose recorded task overrides (``.hydra/overrides.yaml``, less ``resume``,
-``ckpt_path``, ``ckpt_weights_only`` and ``hydra.*``) equal its own, and:
+``ckpt_path``, ``ckpt_weights_only`` and ``hydra.*``) equal its own and whose composed config
+(``.hydra/config.yaml``, less the same keys and ``paths``) does too, so that edited config files
+start a new run rather than resume or skip an old one, and:
 
 - that attempt finished (``metrics.json``): a multirun job is skipped (``skipped.txt`` and a copy
   of the small ``metrics.json`` in the new job dir; the objective goes back to the sweeper), while
@@ -42,7 +44,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from deeprecipe.checkpoint_io import (
@@ -160,13 +162,47 @@ def _subdirs(folder: Path) -> list[Path]:
         return []
 
 
-def find_attempt(output_dir: Path, sweep_dir: Path | None, overrides: list[str]) -> Path | None:
-    """The newest earlier attempt of these overrides that finished, failed or checkpointed."""
+def comparable_config(config: Any) -> Any:
+    """A composed config (a dict, unresolved) less the keys that say how to start or where."""
+    if not isinstance(config, dict):
+        return config
+    return {k: v for k, v in config.items() if k not in (*IGNORED_KEYS, "hydra", "paths")}
+
+
+def _recorded_config(job_dir: Path) -> Any:
+    """The composed config Hydra saved for ``job_dir`` (``.hydra/config.yaml``), or None."""
+    try:
+        return yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def find_attempt(
+    output_dir: Path,
+    sweep_dir: Path | None,
+    overrides: list[str],
+    config: dict[str, Any] | None = None,
+) -> Path | None:
+    """The newest earlier attempt of these overrides that finished, failed or checkpointed.
+
+    With ``config`` (this run's composed config, unresolved), an attempt whose saved config
+    differs is not the same command: the same overrides over edited config files (a changed
+    experiment, model or default) train something else and must not be skipped or resumed.
+    """
     wanted = comparable(overrides)
     for job_dir in candidate_dirs(output_dir, sweep_dir):
         recorded = _recorded_overrides(job_dir)
         if recorded is None or comparable(recorded) != wanted:
             continue
+        if config is not None and job_dir != output_dir:
+            saved = _recorded_config(job_dir)
+            if saved is not None and comparable_config(saved) != comparable_config(config):
+                log.info(
+                    "%s ran the same overrides with other config values (config files changed "
+                    "since); not resumed or skipped.",
+                    job_dir,
+                )
+                continue
         if (
             read_metrics(job_dir) is not None
             or (job_dir / "error.txt").is_file()
@@ -197,7 +233,13 @@ def plan_resume(cfg: DictConfig) -> ResumePlan:
     elif sweep_job_dir:
         sweep_dir = Path(sweep_job_dir).resolve().parent
     multirun = sweep_dir is not None
-    attempt = find_attempt(output_dir, sweep_dir, list(hydra.overrides.task))
+    config = OmegaConf.to_container(cfg, resolve=False)
+    attempt = find_attempt(
+        output_dir,
+        sweep_dir,
+        list(hydra.overrides.task),
+        config if isinstance(config, dict) else None,
+    )
     last = attempt / LAST_CHECKPOINT if attempt is not None else None
     if ckpt_path == "last":
         if last is None or not last.is_file():
