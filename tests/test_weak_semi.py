@@ -261,3 +261,47 @@ def test_noisy_method_fast_dev_run(make_cfg, fashion, loss):
 def test_noisy_method_rejects_bad_loss_arguments(make_cfg):
     with pytest.raises(InstantiationException, match=r"method.loss.q=0\b"):
         build(make_cfg("method=noisy", "model=mlp", "method.loss.q=0"))
+
+
+# ------------------------------------------------------------------- the study configs
+STUDY_LOSSES = {
+    "ce": torch.nn.functional.cross_entropy,
+    "gce": generalized_cross_entropy,
+    "sce": symmetric_cross_entropy,
+    "bootstrap": bootstrap_cross_entropy,
+}
+
+
+@pytest.mark.parametrize("loss", list(STUDY_LOSSES))
+def test_weak_study_loss_group_replaces_the_method_loss(make_cfg, loss):
+    cfg = make_cfg("+experiment=weak_study", "+noise=asym40", f"+loss={loss}")
+    assert cfg.data.noise == "confusion_groups" and cfg.data.noise_rate == 0.4
+    method = build(cfg)
+    assert method.loss_fn.func is STUDY_LOSSES[loss]  # nothing of GCE's q merged in
+    logits, labels = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    assert torch.isfinite(method.loss_fn(logits, labels))
+
+
+@pytest.mark.parametrize(
+    ("row", "data_type", "method_name"),
+    [
+        ("supervised", "SelfTrainingFashionMNISTDataModule", "SelfTraining"),
+        ("pseudo_label", "SemiFashionMNISTDataModule", "PseudoLabel"),
+        ("fixmatch", "SemiFashionMNISTDataModule", "FixMatch"),
+        ("mean_teacher", "SemiFashionMNISTDataModule", "MeanTeacher"),
+    ],
+)
+def test_semi_study_rows_compose(make_cfg, row, data_type, method_name):
+    cfg = make_cfg("+experiment=semi_study", f"+semi={row}", "data.labels_per_class=4")
+    assert cfg.data._target_.endswith(data_type) and cfg.method._target_.endswith(method_name)
+    assert cfg.data.labels_per_class == 4 and cfg.data.batch_size == 64
+    assert cfg.trainer.max_steps == 2460 and cfg.trainer.check_val_every_n_epoch is None
+
+
+def test_semi_study_supervised_row_fills_batches_from_40_labels(make_cfg):
+    cfg = make_cfg("+experiment=semi_study", "+semi=supervised", "data.labels_per_class=4")
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert len(batch.x) == 64  # 40 labelled images repeated in whole copies
+    assert len(datamodule.train_dataloader()) == 123
