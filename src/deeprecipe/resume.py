@@ -181,7 +181,7 @@ def find_attempt(
     output_dir: Path,
     sweep_dir: Path | None,
     overrides: list[str],
-    config: dict[str, Any] | None = None,
+    config: dict[Any, Any] | None = None,
 ) -> Path | None:
     """The newest earlier attempt of these overrides that finished, failed or checkpointed.
 

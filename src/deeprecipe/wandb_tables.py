@@ -43,8 +43,8 @@ def best_row(
     ]
     if not scored:
         return {}
-    pick = max if maximize else min
-    return dict(zip(header, pick(scored, key=lambda row: float(row[column])), strict=True))
+    best: list[Any] = (max if maximize else min)(scored, key=lambda row: float(row[column]))
+    return dict(zip(header, best, strict=True))
 
 
 def log_summary_table(
@@ -79,11 +79,13 @@ def log_summary_table(
             group=sweep_dir.name,
             job_type="sweep-summary",
             name=f"summary-{sweep_dir.name}",
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # a WANDB_MODE value; wandb checks it
             reinit="create_new",
             settings=wandb.Settings(silent=True),
         )
-        table = wandb.Table(columns=header, data=[[_cell(v) for v in row] for row in rows])
+        table = wandb.Table(
+            columns=list[str | int](header), data=[[_cell(v) for v in row] for row in rows]
+        )
         run.log({TABLE_KEY: table})
         for name, value in best_row(header, rows, objective, maximize).items():
             run.summary[f"best/{name}"] = _cell(value)

@@ -63,26 +63,26 @@ class _Reader:
         self.pos += size
         return chunk
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         return int(struct.unpack(">i", self.take(4))[0])
 
     def header(self) -> None:
         if self.take(2) != b"X\n":
             raise self.fail("no XDR serialization header 'X\\n'")
-        version = self.int()
-        self.int(), self.int()  # writer's R version, minimal reader version
+        version = self.read_int()
+        self.read_int(), self.read_int()  # writer's R version, minimal reader version
         if version == 3:
-            self.take(self.int())  # native encoding name
+            self.take(self.read_int())  # native encoding name
         elif version != 2:
             raise self.fail(f"serialization format version {version} (2 or 3 expected)")
 
     def item(self) -> Any:
-        flags = self.int()
+        flags = self.read_int()
         kind, levels = flags & 0xFF, flags >> 12
         if kind == NILVALUE_SXP or kind in (GLOBALENV_SXP, EMPTYENV_SXP, BASEENV_SXP):
             return None
         if kind == REFSXP:
-            index = flags >> 8 or self.int()
+            index = flags >> 8 or self.read_int()
             if not 0 < index <= len(self.refs):
                 raise self.fail(f"reference {index} to an object not read yet")
             return self.refs[index - 1]
@@ -91,7 +91,7 @@ class _Reader:
             self.refs.append(name)
             return name
         if kind == CHARSXP:
-            length = self.int()
+            length = self.read_int()
             if length == -1:
                 return None  # NA_character_
             raw = self.take(length)
@@ -118,9 +118,9 @@ class _Reader:
         return vector
 
     def length(self) -> int:
-        length = self.int()
+        length = self.read_int()
         if length == -1:  # long vector: two more ints
-            upper, lower = self.int(), self.int()
+            upper, lower = self.read_int(), self.read_int()
             length = (upper << 32) + lower
         if length < 0:
             raise self.fail(f"negative vector length {length}")
@@ -134,7 +134,7 @@ class _Reader:
                 self.item()
             tag = self.item() if flags & HAS_TAG else None
             pairs.append((tag, self.item()))
-            flags = self.int()
+            flags = self.read_int()
             if flags & 0xFF != LISTSXP:
                 if flags & 0xFF != NILVALUE_SXP:
                     raise self.fail(f"pair list ending in type {flags & 0xFF}")
