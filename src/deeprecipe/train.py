@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -122,8 +123,13 @@ def check_config(cfg: DictConfig) -> None:
     resume.check_resume_config(cfg)
 
 
+@functools.cache
 def git_sha(folder: Path) -> str:
-    """Commit of the code that ran, with ``-dirty`` when the tree had uncommitted changes."""
+    """Commit of the code that ran, with ``-dirty`` when the tree had uncommitted changes.
+
+    Read once per process: the jobs of an in-process multirun run the code imported when the
+    process started, even if the tree is committed to meanwhile.
+    """
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
