@@ -5,12 +5,13 @@
 #   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
 # Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, so the
 # pools differ in data, not in compute. Usage (from the repository root):
-#   experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS]
+#   experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
 # Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
 set -euo pipefail
 out=${1:?output dir}
 seeds=${2:-"0 1 2"}
 steps=${3:-430}
+capacities=${4:-"4 16"}
 python=${PYTHON:-.venv/bin/python}
 common=(trainer.enable_progress_bar=false logger=csv)
 mkdir -p "$out"
@@ -27,7 +28,7 @@ PY
 }
 
 for seed in $seeds; do
-    for capacity in 4 16; do
+    for capacity in $capacities; do
         model=(model=resnet9 model.width=$capacity)
         dir=$out/scratch/w$capacity/$seed
         [ -f "$dir/metrics.json" ] || "$python" run.py +experiment=hashtag_scratch "${model[@]}" \
