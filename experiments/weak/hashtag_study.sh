@@ -2,6 +2,7 @@
 # The hashtag study of experiments/weak/README.md: weak pretraining on simulated hashtags, then
 # fine-tuning on 1% of the clean labels (60 per class), against training on the 1% alone.
 #   rows: label space designed (pool 10/30/100%) or raw (design step off, pool 100%)
+#   (a re-run skips the runs that finished and records them again: read results by their keys)
 #   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
 # Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, so the
 # pools differ in data, not in compute. Usage (from the repository root):
@@ -37,7 +38,6 @@ for seed in $seeds; do
         for space_pool in designed:0.1 designed:0.3 designed:1.0 raw:1.0; do
             space=${space_pool%%:*}
             pool=${space_pool##*:}
-            [ "$space" = raw ] && [ "$capacity" = 4 ] && continue  # design-off row: large model
             data=fashion_mnist_hashtags
             [ "$space" = raw ] && data=fashion_mnist_hashtags_raw
             pre=$out/pretrain/$space/w$capacity/pool$pool/$seed
