@@ -63,3 +63,16 @@ def test_bad_schedule_values():
         lrs(schedules.exponential, gamma=1.5)
     with pytest.raises(ConfigError):
         lrs(schedules.cosine, warmup_epochs=-1)
+
+
+def test_warmup_as_long_as_the_run_is_warned(caplog):
+    import logging
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
+        schedules.cosine(optimizer, total_steps=100, steps_per_epoch=50, warmup_epochs=0.5)
+    assert not caplog.records  # 25 of 100 steps: fine
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
+        schedules.cosine(optimizer, total_steps=100, steps_per_epoch=50, warmup_epochs=2.0)
+    assert "100 steps, at least the whole run (100 steps)" in caplog.text

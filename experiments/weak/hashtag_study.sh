@@ -4,8 +4,9 @@
 #   rows: label space designed (pool 10/30/100%) or raw (design step off, pool 100%)
 #   (a re-run skips the runs that finished and records them again: read results by their keys)
 #   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
-# Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, so the
-# pools differ in data, not in compute. Usage (from the repository root):
+# Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, with the
+# same schedule (cosine from lr 0.1, no warm-up: a warm-up counted in epochs would last longer on
+# larger pools), so the pools differ in data, not in compute or schedule. Usage (from the repository root):
 #   experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
 # Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
 set -euo pipefail
@@ -43,7 +44,8 @@ for seed in $seeds; do
             pre=$out/pretrain/$space/w$capacity/pool$pool/$seed
             [ -f "$pre/metrics.json" ] || "$python" run.py +experiment=hashtag_pretrain \
                 data=$data data.pool_fraction=$pool "${model[@]}" seed=$seed \
-                trainer.max_epochs=-1 trainer.max_steps=$steps "${common[@]}" \
+                trainer.max_epochs=-1 trainer.max_steps=$steps scheduler=cosine \
+                scheduler.warmup_epochs=0 "${common[@]}" \
                 hydra.run.dir="$pre"
             fine=$out/finetune/$space/w$capacity/pool$pool/$seed
             [ -f "$fine/metrics.json" ] || "$python" run.py +experiment=hashtag_finetune \

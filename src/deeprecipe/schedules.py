@@ -9,6 +9,7 @@ learning rate by a factor object whose state is saved in checkpoints.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from deeprecipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,6 +106,14 @@ def _build(
     if warmup_epochs < 0:
         raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}; it must be >= 0.")
     warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
+    if warmup_epochs > 0 and warmup >= total_steps and total_steps > 1:
+        log.warning(
+            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
+            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
+            warmup_epochs,
+            _steps(warmup_epochs, steps_per_epoch),
+            total_steps,
+        )
     factor = WarmupFactor(shape, warmup, max(1, total_steps - warmup), **params)
     return LambdaLR(optimizer, factor)
 
@@ -201,6 +212,14 @@ def cosine_restarts(
     (``callbacks=snapshots``) and average the snapshots' predictions after training.
     """
     warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
+    if warmup_epochs > 0 and warmup >= total_steps and total_steps > 1:
+        log.warning(
+            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
+            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
+            warmup_epochs,
+            _steps(warmup_epochs, steps_per_epoch),
+            total_steps,
+        )
     if not 1 <= cycles <= total_steps - warmup:
         raise ConfigError(
             f"scheduler.cycles={cycles}; it must be between 1 and the {total_steps - warmup} "
