@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -95,6 +96,43 @@ def reference(tmp_path_factory) -> tuple[dict, Path]:
     metrics = train.run(compose_attempt(run_dir, OVERRIDES))
     GlobalHydra.instance().clear()
     return metrics, run_dir
+
+
+def test_language_model_resumed_mid_epoch_continues_its_streams(tmp_path, monkeypatch):
+    """Truncated BPTT: the resumed run trains on the chunks it had not reached, from the
+    recurrent state it had (saved in the checkpoint), to the uninterrupted run's metrics."""
+    words = "the of and to a in that it was her she not be he his as had with for you".split()
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(rng.choice(words, 700)) + "\n", encoding="utf-8")
+    overrides = [
+        "+experiment=char_lstm",
+        f"data.path={corpus}",
+        "data.seq_len=16",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "model.hidden_size=16",
+        "model.embed_dim=8",
+        "model.num_layers=1",
+        "method.sample_length=0",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+        *QUIET,
+    ]
+    reference = train.run(compose_attempt(tmp_path / "ref" / "runs" / "char_lstm" / "r", overrides))
+    steps = reference["steps"]
+    assert steps % 2 == 0 and steps // 2 > 12  # two epochs; the kill below is inside epoch 0
+    runs = tmp_path / "runs" / "char_lstm"
+    first, second = runs / "2026-01-01_00-00-00", runs / "2026-01-01_00-00-01"
+    run_interrupted(compose_attempt(first, overrides), 12, monkeypatch)
+    saved = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 10
+    assert saved["carried_state"]["batches_done"] == 10  # the LSTM's (h, c) after chunk 10
+    metrics = train.run(compose_attempt(second, overrides))
+    assert metrics["resumed_from"].endswith("last.ckpt")
+    assert final_numbers(metrics) == final_numbers(reference)
+    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ from deeprecipe.data.text import (
 from deeprecipe.errors import ConfigError, CorruptDataError, DataNotFoundError
 from deeprecipe.methods import LanguageModel
 from deeprecipe.models import RecurrentNet
+from deeprecipe.sample import load_language_model
 from deeprecipe.sample import main as sample_main
 from deeprecipe.train import run
 
@@ -274,6 +275,41 @@ def test_fast_dev_run_each_sequence_model(make_cfg, text_file, tmp_path, experim
     assert not (tmp_path / "samples.txt").exists()  # fast_dev_run writes nothing
 
 
+def test_transformer_samples_within_the_chunk_length_it_trained_on():
+    """Positions past the trained chunks are untrained: sampling rereads at most that many."""
+    torch.manual_seed(0)
+    backbone = instantiate(
+        {
+            "_target_": "deeprecipe.models.CausalTransformer",
+            "vocab_size": 12,
+            "d_model": 16,
+            "num_heads": 2,
+            "num_layers": 1,
+            "max_len": 32,
+        }
+    )
+    method = LanguageModel(backbone, 12, optimizer=torch.optim.Adam, scheduler=None)
+    method.codepoints[1:] = torch.arange(97, 108)  # id 0 <unk>, then "a".."k"
+    assert int(method.trained_length) == 0  # untrained: the whole table
+    seen: list[int] = []
+    hook = method.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
+    method.generate("abc", 40)
+    assert max(seen) == 32
+    method.training_step(Tokens(torch.randint(0, 12, (2, 8)), torch.randint(0, 12, (2, 8))), 0)
+    method.training_step(Tokens(torch.randint(0, 12, (2, 5)), torch.randint(0, 12, (2, 5))), 1)
+    assert int(method.trained_length) == 8  # the longest chunk, not the last
+    seen.clear()
+    method.generate("abc", 40)
+    hook.remove()
+    assert max(seen) == 8
+    # saved with the weights; a checkpoint from before the buffer existed loads as unknown (0)
+    state = method.state_dict()
+    assert int(state["trained_length"]) == 8
+    del state["trained_length"]
+    method.load_state_dict(state)
+    assert int(method.trained_length) == 0
+
+
 # ---------------------------------------------------------------------- run, then sample
 def test_train_then_sample_cli(make_cfg, text_file, tmp_path, capsys):
     cfg = make_cfg(
@@ -312,6 +348,14 @@ def test_train_then_sample_cli(make_cfg, text_file, tmp_path, capsys):
     again = [f"ckpt={run_dir}/checkpoints/last.ckpt", "prime=the quick ", "length=40"]
     sample_main(again)
     assert capsys.readouterr().out == printed  # seeded: the same sample twice
+
+    # the chunk length it trained on is in the checkpoint; an older checkpoint without it
+    # takes it from the run's config (data.seq_len)
+    assert int(load_language_model(run_dir / "checkpoints" / "last.ckpt").trained_length) == 16
+    old = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    del old["state_dict"]["trained_length"]
+    torch.save(old, run_dir / "checkpoints" / "old.ckpt")
+    assert int(load_language_model(run_dir / "checkpoints" / "old.ckpt").trained_length) == 16
 
     with pytest.raises(SystemExit):
         sample_main([f"ckpt={tmp_path}/nothing.ckpt"])

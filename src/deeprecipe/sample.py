@@ -93,6 +93,9 @@ def load_language_model(ckpt: Path, device: str = "cpu") -> LanguageModel:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{ckpt} is not a Lightning checkpoint of this suite.")
     method.load_state_dict(checkpoint["state_dict"])
+    seq_len = OmegaConf.select(cfg, "data.seq_len")
+    if int(method.trained_length) == 0 and isinstance(seq_len, int) and seq_len > 0:
+        method.trained_length.fill_(seq_len)  # a checkpoint from before it was recorded
     return method.to(device).eval()
 
 

@@ -132,6 +132,39 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(order.tolist())
 
 
+class SequentialResumeSampler(Sampler[int]):
+    """``0 .. length - 1`` in order, able to start mid-epoch (:meth:`resume_at`), like
+    :class:`EpochShuffleSampler` without the shuffle: for data whose order matters (the chunks
+    of truncated BPTT carry their streams from one batch to the next)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:  # the order is the same every epoch
+        pass
+
+    def resume_at(self, epoch: int, examples_done: int) -> None:
+        """Make the next pass start after its first ``examples_done`` items."""
+        self.start = examples_done
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        # a generator: the start is read at the first item, not when the loader's iterator is
+        # made (Lightning makes it before the resumed position is handed back)
+        start, self.start = self.start, 0  # only the first pass after a resume starts late
+        yield from range(start, self.length)
+
+
+def training_position(trainer: L.Trainer | None) -> tuple[int, int] | None:
+    """(epoch, batches trained in it) while fitting: what a checkpoint must resume from."""
+    if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+        return None
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx + 1
+
+
 class ResumableLoader(DataLoader):
     """A training DataLoader that can continue an epoch where a checkpoint left it.
 
@@ -148,7 +181,8 @@ class ResumableLoader(DataLoader):
         position: returns ``(epoch, batches trained in it)``, or None outside training.
         world_size: processes sharing the permutation (DDP), each taking its share of a batch.
         **kwargs: DataLoader arguments; ``sampler`` is an :class:`EpochShuffleSampler`, or one
-            in Lightning's ``DistributedSamplerWrapper``.
+            in Lightning's ``DistributedSamplerWrapper``, or a :class:`SequentialResumeSampler`
+            (with ``batch_size=None`` when every item already is a batch).
     """
 
     def __init__(
@@ -162,13 +196,14 @@ class ResumableLoader(DataLoader):
         self.position = position
         self.world_size = world_size
 
-    def epoch_sampler(self) -> EpochShuffleSampler | None:
-        """The :class:`EpochShuffleSampler` behind this loader, also inside a DDP wrapper."""
+    def epoch_sampler(self) -> EpochShuffleSampler | SequentialResumeSampler | None:
+        """The resumable sampler behind this loader, also inside a DDP wrapper."""
         sampler: Any = self.sampler
         if isinstance(sampler, DistributedSamplerWrapper):
             # the wrapped sampler, where Lightning's _DatasetSamplerWrapper keeps it
             sampler = getattr(sampler.dataset, "_sampler", None)
-        return sampler if isinstance(sampler, EpochShuffleSampler) else None
+        resumable = EpochShuffleSampler | SequentialResumeSampler
+        return sampler if isinstance(sampler, resumable) else None
 
     def state_dict(self) -> dict[str, int]:
         where = self.position() if self.position is not None else None
@@ -179,15 +214,16 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         sampler = self.epoch_sampler()
-        if "epoch" not in state_dict or sampler is None or self.batch_size is None:
+        if "epoch" not in state_dict or sampler is None:
             return
+        per_batch = self.batch_size or 1  # batch_size=None: every item is a whole batch
         epoch, batches_done = state_dict["epoch"], state_dict["batches_done"]
         if batches_done >= len(self):  # saved at the end of the epoch: the next one starts
             epoch, batches_done = epoch + 1, 0
         world_size = self.world_size() if self.world_size is not None else 1
         # rank r takes every world_size-th index, so k batches of each rank are the first
         # k * batch_size * world_size indices of the shared order
-        sampler.resume_at(epoch, batches_done * self.batch_size * world_size)
+        sampler.resume_at(epoch, batches_done * per_batch * world_size)
 
 
 def stratified_subset(
@@ -417,17 +453,10 @@ class ImageDataModule(L.LightningDataModule):
             TensorBatchDataset(arrays),
             sampler=sampler,
             generator=torch.Generator().manual_seed(seed),
-            position=self._training_position,
+            position=lambda: training_position(self.trainer),
             world_size=lambda: self.trainer.world_size if self.trainer is not None else 1,
             **common,
         )
-
-    def _training_position(self) -> tuple[int, int] | None:
-        """(epoch, batches trained in it) while fitting: what a checkpoint must resume from."""
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return None
-        return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx + 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, self.batch_size, train=True)

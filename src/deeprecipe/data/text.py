@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from deeprecipe.batches import Tokens
+from deeprecipe.data.base import ResumableLoader, SequentialResumeSampler, training_position
 from deeprecipe.data.rdata import read_character_vector
 from deeprecipe.errors import ConfigError, CorruptDataError, DataNotFoundError
 
@@ -306,13 +307,22 @@ class CharTextDataModule(L.LightningDataModule):
     def _loader(self, ids: Tensor | None, streams: int, train: bool) -> DataLoader:
         if ids is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
-        return DataLoader(
-            TokenChunks(ids, streams, self.seq_len, drop_last=train),
-            batch_size=None,  # every item already is a batch of B streams
-            shuffle=False,  # the order carries the streams from one batch to the next
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+        chunks = TokenChunks(ids, streams, self.seq_len, drop_last=train)
+        common: dict[str, Any] = {
+            "batch_size": None,  # every item already is a batch of B streams
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not train:
+            return DataLoader(chunks, shuffle=False, **common)
+        # in order (the order carries the streams from one batch to the next); resumable, so
+        # that a run resumed mid-epoch continues with the chunks it had not trained on
+        return ResumableLoader(
+            chunks,
+            sampler=SequentialResumeSampler(len(chunks)),
+            position=lambda: training_position(self.trainer),
+            **common,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from deeprecipe.augment import Pipeline
 from deeprecipe.batches import Tokens
+from deeprecipe.data.base import training_position
 from deeprecipe.data.text import CharVocabulary
 from deeprecipe.errors import ConfigError, CorruptDataError
 from deeprecipe.methods.optimization import (
@@ -69,6 +71,7 @@ class LanguageModel(L.LightningModule):
     """
 
     codepoints: Tensor  # (vocab_size,) code point of each id, -1 for <unk> and unused ids
+    trained_length: Tensor  # () longest chunk trained on (0: not trained yet)
 
     def __init__(
         self,
@@ -107,6 +110,10 @@ class LanguageModel(L.LightningModule):
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, vocab_size)
         self.register_buffer("codepoints", torch.full((vocab_size,), -1, dtype=torch.int64))
+        # A Transformer's positions past the chunks it trained on are untrained: sampling rereads
+        # at most this many characters. Checkpoints from before it existed load with 0 (unknown).
+        self.register_buffer("trained_length", torch.zeros((), dtype=torch.int64))
+        self._register_load_state_dict_pre_hook(_default_trained_length)
         self.vocab_size = vocab_size
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -120,6 +127,7 @@ class LanguageModel(L.LightningModule):
             MulticlassAccuracy(vocab_size, average="micro", validate_args=False) for _ in SPLITS
         )
         self._states: dict[str, State] = {}  # carried (detached) recurrent state per split
+        self._carried: dict[str, Any] | None = None  # training state of a resumed checkpoint
 
     def setup(self, stage: str) -> None:
         """Take the vocabulary of the datamodule, so that checkpoints carry it."""
@@ -163,10 +171,40 @@ class LanguageModel(L.LightningModule):
         acc_metric.reset()
 
     # --------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        # resumed mid-epoch (Lightning then calls no on_train_epoch_start): the streams continue
+        # from the state they had, as in the uninterrupted run (the loader continues after the
+        # chunks already trained on)
+        carried, self._carried = self._carried, None
+        trainer = self._trainer
+        if carried is None or trainer is None:
+            return
+        if carried["epoch"] == self.current_epoch and (
+            0 < carried["batches_done"] < trainer.num_training_batches
+        ):
+            self._states["train"] = _state_to(carried["state"], self.device)
+
     def on_train_epoch_start(self) -> None:
         self._states.pop("train", None)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the carried training state with the position it belongs to."""
+        where = training_position(self._trainer)
+        state = self._states.get("train")
+        if where is not None and state is not None:
+            epoch, batches_done = where
+            checkpoint["carried_state"] = {
+                "epoch": epoch,
+                "batches_done": batches_done,
+                "state": _state_to(state, torch.device("cpu")),
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._carried = checkpoint.get("carried_state")
+
     def training_step(self, batch: Tokens, batch_idx: int) -> Tensor:
+        if batch.x.shape[1] > int(self.trained_length):
+            self.trained_length.fill_(batch.x.shape[1])
         loss = self._step(batch, "train")
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.y.numel())
         return loss
@@ -206,7 +244,8 @@ class LanguageModel(L.LightningModule):
 
         Samples one character at a time from ``softmax(logits / temperature)`` and feeds it back:
         a recurrent model continues from its state; a Transformer rereads its last
-        ``context_length`` characters. ``<unk>`` and unused ids are never sampled. An empty prime
+        ``context_length`` characters, or fewer: no more than the longest chunk it trained on
+        (its later positions never learned anything). ``<unk>`` and unused ids are never sampled. An empty prime
         starts after a newline. ``seed`` makes the sample reproducible without touching the
         global random state.
         """
@@ -220,6 +259,8 @@ class LanguageModel(L.LightningModule):
             )
         vocabulary = CharVocabulary.from_table(self.codepoints)
         window = self.backbone.context_length
+        if window is not None and int(self.trained_length) > 0:
+            window = min(window, int(self.trained_length))
         ids = vocabulary.encode(prime or "\n").to(self.device)[None]  # (1, P)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         logits, state = self(ids if window is None else ids[:, -window:])  # (1, P, V)
@@ -263,3 +304,16 @@ class LanguageModel(L.LightningModule):
         return configure_optimization(
             self, self.optimizer_factory, self.scheduler_factory, self.decay_norm_and_bias
         )
+
+
+def _default_trained_length(
+    state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+) -> None:
+    """Load-state-dict pre-hook: a checkpoint without ``trained_length`` gets 0 (unknown)."""
+    state_dict.setdefault(prefix + "trained_length", torch.zeros((), dtype=torch.int64))
+
+
+def _state_to(state: State, device: torch.device) -> State:
+    if state is None or isinstance(state, Tensor):
+        return None if state is None else state.to(device)
+    return tuple(part.to(device) for part in state)
