@@ -162,6 +162,16 @@ def test_knn_of_perfect_features_is_exact():
     assert float(method.backbone.norm.running_mean) == 0.0  # never ran in training mode
 
 
+def test_knn_runs_in_every_stand_alone_validate():
+    """every_n_epochs spaces the monitor out during training only: trainer.validate (a run's
+    final evaluation, a linear probe's) always reports val/knn_acc."""
+    method = BaseMethod(LabelReader(), NUM_CLASSES, 1, optimizer=None, scheduler=None)  # type: ignore[arg-type]
+    trainer = fast_trainer(callbacks=[KNNMonitor(every_n_epochs=2, k=20)])
+    assert trainer.current_epoch == 0  # (0 + 1) % 2 != 0: a training epoch would skip it
+    result = trainer.validate(method, datamodule=CodedImages(), verbose=False)[0]
+    assert result["val/knn_acc"] == 1.0
+
+
 def test_knn_vote_is_weighted():
     bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.2, 0.8]])
     labels = torch.tensor([0, 0, 1, 1, 1])

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics.utilities.distributed import gather_all_tensors
@@ -109,7 +110,9 @@ class KNNMonitor(L.Callback):
     bank, so the accuracy is that of one process, at 1/world of the cost.
 
     Args:
-        every_n_epochs: run after every n-th validation epoch (and never in the sanity check).
+        every_n_epochs: run after every n-th validation epoch of training (never in the sanity
+            check); a stand-alone validation (``trainer.validate``, as in a run's final
+            evaluation, or a linear probe's) always runs it.
         k: neighbours that vote (InstDisc: 200).
         temperature: sharpness of the similarity weights (InstDisc: 0.1).
     """
@@ -126,7 +129,10 @@ class KNNMonitor(L.Callback):
         self.temperature = temperature
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting and (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         if not isinstance(pl_module, BaseMethod):
             raise ConfigError("callbacks.knn needs a method with a backbone (a BaseMethod).")

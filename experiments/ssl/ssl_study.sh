@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The self-supervised study of experiments/ssl/README.md (issue 5): every method pretrained for
+# the same number of steps on Fashion-MNIST without labels, then evaluated four ways, next to a
+# random initialization and to supervised training from scratch on the same labels:
+#   kNN       val/knn_acc of the frozen backbone (k 200, training split as the bank)
+#   linear    a linear classifier on the frozen backbone (METHOD_linear), test accuracy
+#   ft1 ft10  fine-tuning on 1% (60 per class) and 10% (600 per class) of the labels
+#             (METHOD_finetune: backbone at 1/10 of the head's learning rate), test accuracy
+#   scratch   the same network trained on the same 1% / 10% from random init (supervised)
+# Pretraining runs STEPS steps of batch 256 (no warm-up, cosine decay) for every method, so the
+# methods differ in objective, not compute. MAE pretrains and evaluates its ViT (model=mae_vit);
+# every other method ResNet-9 (width WIDTH). "random" probes and fine-tunes an untrained ResNet-9.
+# Usage (from the repository root):
+#   experiments/ssl/ssl_study.sh OUT_DIR "SEEDS" STEPS ["METHODS"]
+# Settings (environment): WIDTH (16), LINEAR_EPOCHS (10), FT1_EPOCHS (30), FT10_EPOCHS (15);
+# EXTRA: overrides added to every run (e.g. EXTRA="trainer.precision=bf16-mixed").
+# Results: one JSON line per evaluation run in OUT_DIR/results.jsonl (a re-run skips the runs
+# that finished and records them again: read results by their keys).
+set -euo pipefail
+out=${1:?output dir}
+seeds=${2:-"0 1 2"}
+steps=${3:-2000}
+methods=${4:-"random rotation jigsaw context simclr moco byol barlow_twins mae"}
+width=${WIDTH:-16}
+linear_epochs=${LINEAR_EPOCHS:-10}
+ft1_epochs=${FT1_EPOCHS:-30}
+ft10_epochs=${FT10_EPOCHS:-15}
+python=${PYTHON:-.venv/bin/python}
+read -r -a extra <<< "${EXTRA:-}"
+common=(trainer.enable_progress_bar=false logger=csv "${extra[@]}")
+mkdir -p "$out"
+
+record() {  # record METHOD PROTOCOL SEED RUN_DIR
+    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
+import json, sys
+from pathlib import Path
+method, protocol, seed, run_dir = sys.argv[1:]
+metrics = json.loads(Path(run_dir, "metrics.json").read_text())
+keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+keep.update(wall_time_s=metrics.get("wall_time_s"), params=metrics.get("params"))
+print(json.dumps({"method": method, "protocol": protocol, "seed": int(seed), **keep}))
+PY
+}
+
+run() {  # run RUN_DIR ARGS...: python run.py ARGS unless RUN_DIR holds a finished run
+    local dir=$1
+    shift
+    [ -f "$dir/metrics.json" ] || "$python" run.py "$@" "${common[@]}" hydra.run.dir="$dir"
+}
+
+for seed in $seeds; do
+    for split in 1:60:$ft1_epochs:64 10:600:$ft10_epochs:128; do
+        IFS=: read -r percent per_class epochs batch <<< "$split"
+        dir=$out/scratch$percent/$seed
+        run "$dir" +experiment=hashtag_scratch model=resnet9 model.width=$width seed=$seed \
+            data.labels_per_class=$per_class data.batch_size=$batch trainer.max_epochs=$epochs
+        record scratch ft$percent $seed "$dir"
+    done
+    for method in $methods; do
+        model=(model.width=$width)
+        eval_as=$method
+        [ "$method" = mae ] && model=()
+        if [ "$method" = random ]; then
+            checkpoint=null
+            eval_as=simclr  # its linear/finetune experiments: ResNet-9, same protocol
+        else
+            pre=$out/pretrain/$method/$seed
+            run "$pre" +experiment=${method}_pretrain "${model[@]}" seed=$seed \
+                trainer.max_epochs=-1 trainer.max_steps=$steps scheduler.warmup_epochs=0
+            record "$method" pretrain $seed "$pre"
+            checkpoint=$pre/checkpoints/last.ckpt
+        fi
+        dir=$out/linear/$method/$seed
+        run "$dir" +experiment=${eval_as}_linear pretraining_checkpoint="$checkpoint" \
+            "${model[@]}" seed=$seed trainer.max_epochs=$linear_epochs callbacks=ssl \
+            callbacks.knn.every_n_epochs=$linear_epochs
+        record "$method" linear $seed "$dir"
+        for split in 1:60:$ft1_epochs:64 10:600:$ft10_epochs:128; do
+            IFS=: read -r percent per_class epochs batch <<< "$split"
+            dir=$out/finetune$percent/$method/$seed
+            run "$dir" +experiment=${eval_as}_finetune pretraining_checkpoint="$checkpoint" \
+                "${model[@]}" seed=$seed data.labels_per_class=$per_class \
+                data.batch_size=$batch trainer.max_epochs=$epochs
+            record "$method" ft$percent $seed "$dir"
+        done
+    done
+done
