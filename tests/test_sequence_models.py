@@ -107,6 +107,25 @@ def test_sinusoidal_positions_follow_the_formula():
             assert table[position, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
 
 
+def test_lstm_forget_bias_opens_the_forget_gate():
+    torch.manual_seed(0)
+    net = RecurrentNet(
+        "lstm", vocab_size=10, embed_dim=4, hidden_size=6, num_layers=2, forget_bias=1.0
+    )
+    for layer in range(2):
+        ih = getattr(net.rnn, f"bias_ih_l{layer}")
+        hh = getattr(net.rnn, f"bias_hh_l{layer}")
+        total = ih + hh  # (4 H,): gates input, forget, cell, output
+        assert torch.equal(total[6:12], torch.ones(6))  # forget: exactly 1
+        assert not torch.equal(total[:6], torch.zeros(6))  # the other gates keep torch's init
+    # a zero input and state give forget-gate activation sigmoid(1), not ~sigmoid(0)
+    x = torch.zeros(1, 1, 6)
+    gates = x @ net.rnn.weight_ih_l1.T + net.rnn.bias_ih_l1 + net.rnn.bias_hh_l1
+    assert torch.allclose(gates[0, 0, 6:12].sigmoid(), torch.full((6,), 0.7311), atol=1e-4)
+    with pytest.raises(ConfigError, match="forget_bias"):
+        RecurrentNet("gru", vocab_size=10, forget_bias=1.0)
+
+
 def test_bad_sequence_configs_name_the_fix():
     with pytest.raises(ConfigError, match="set exactly one"):
         RecurrentNet("lstm", vocab_size=10, input_dim=4)

@@ -21,6 +21,11 @@ class RecurrentNet(SequenceBackbone):
     are. ``dropout`` acts on the non-recurrent connections only (Zaremba et al. 2014): on the
     embedded input, between layers and on the output; the recurrent path stays intact.
 
+    ``forget_bias`` (LSTM only) starts every forget gate's bias at that value instead of
+    PyTorch's uniform init around 0 (Gers et al. 2000; Jozefowicz et al. 2015 recommend 1): a
+    gate that starts open lets the cell carry information, and gradients, across many steps
+    from the first update.
+
     The state is ``h`` (num_layers, B, hidden_size), or ``(h, c)`` for an LSTM.
     """
 
@@ -33,10 +38,16 @@ class RecurrentNet(SequenceBackbone):
         hidden_size: int = 256,
         num_layers: int = 2,
         dropout: float = 0.0,
+        forget_bias: float | None = None,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ConfigError(f"model.cell={cell!r}; choose one of {', '.join(CELLS)}.")
+        if forget_bias is not None and cell != "lstm":
+            raise ConfigError(
+                f"model.forget_bias={forget_bias} applies to an LSTM's forget gate; "
+                f"model.cell={cell!r} has none: leave it null."
+            )
         if hidden_size < 1 or num_layers < 1:
             raise ConfigError(
                 f"model.hidden_size={hidden_size}, model.num_layers={num_layers}; both must be "
@@ -57,6 +68,12 @@ class RecurrentNet(SequenceBackbone):
         )
         self.dropout = nn.Dropout(dropout)
         self.num_features = hidden_size
+        if forget_bias is not None:
+            # gate order of torch's LSTM: input, forget, cell, output; the two biases add up
+            for name, bias in self.rnn.named_parameters():
+                if name.startswith("bias_"):
+                    forget = bias.data[hidden_size : 2 * hidden_size]
+                    forget.fill_(forget_bias if name.startswith("bias_ih") else 0.0)
 
     def forward_features(self, x: Tensor, state: State = None) -> tuple[Tensor, State]:
         # x: (B, T) ids or (B, T, input_dim) -> features (B, T, hidden_size)
