@@ -22,7 +22,7 @@ from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError, CorruptDataError
@@ -132,12 +132,15 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(order.tolist())
 
 
-class SequentialResumeSampler(Sampler[int]):
+class SequentialResumeSampler(DistributedSampler):
     """``0 .. length - 1`` in order, able to start mid-epoch (:meth:`resume_at`), like
     :class:`EpochShuffleSampler` without the shuffle: for data whose order matters (the chunks
-    of truncated BPTT carry their streams from one batch to the next)."""
+    of truncated BPTT carry their streams from one batch to the next). Every process reads all
+    items (its dataset is already its share); being a ``DistributedSampler`` keeps Lightning
+    from sharding the items under DDP."""
 
     def __init__(self, length: int) -> None:
+        super().__init__(range(length), num_replicas=1, rank=0, shuffle=False)  # type: ignore[arg-type]
         self.length = length
         self.start = 0
 

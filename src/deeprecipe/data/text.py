@@ -138,14 +138,26 @@ class TokenChunks(Dataset):
     Args:
         stream: token ids ``(N,)``; cut into ``num_streams`` contiguous rows (the tail that does
             not fill a row is dropped).
-        num_streams: parallel streams ``B`` (the batch size).
+        num_streams: parallel streams ``B`` (the global batch size).
         seq_len: steps per chunk ``T``.
         drop_last: drop the final chunk when it is shorter than ``seq_len``.
+        rank, world: this process keeps rows ``[rank B / world, (rank + 1) B / world)`` of the
+            ``B`` streams (DDP: the processes together hold the streams of one process).
     """
 
-    def __init__(self, stream: Tensor, num_streams: int, seq_len: int, drop_last: bool) -> None:
+    def __init__(
+        self,
+        stream: Tensor,
+        num_streams: int,
+        seq_len: int,
+        drop_last: bool,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
         steps = len(stream) // num_streams
-        self.streams = stream[: num_streams * steps].view(num_streams, steps)  # (B, L)
+        streams = stream[: num_streams * steps].view(num_streams, steps)  # (B, L)
+        share = num_streams // world
+        self.streams = streams[rank * share : (rank + 1) * share]  # (B / world, L)
         self.seq_len = seq_len
         targets = steps - 1  # the last step of a stream has no next token
         self.num_chunks = targets // seq_len if drop_last else -(-targets // seq_len)
@@ -182,8 +194,10 @@ class CharTextDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes; chunks are tensor slices and need none.
         pin_memory: pin host memory for faster copies to a GPU.
 
-    Batches must arrive in order for the streams to continue: the loaders never shuffle, and
-    under DDP each process would need its own streams (not implemented: use one device).
+    Batches must arrive in order for the streams to continue: the loaders never shuffle. The
+    batch sizes are global: under DDP each of the W processes carries ``batch_size / W`` of the
+    streams (both sizes must be multiples of W), so that a step trains on the same characters
+    whatever the number of processes.
     """
 
     def __init__(
@@ -307,22 +321,27 @@ class CharTextDataModule(L.LightningDataModule):
     def _loader(self, ids: Tensor | None, streams: int, train: bool) -> DataLoader:
         if ids is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
-        chunks = TokenChunks(ids, streams, self.seq_len, drop_last=train)
-        common: dict[str, Any] = {
-            "batch_size": None,  # every item already is a batch of B streams
-            "num_workers": self.num_workers,
-            "pin_memory": self.pin_memory,
-            "persistent_workers": self.num_workers > 0,
-        }
-        if not train:
-            return DataLoader(chunks, shuffle=False, **common)
-        # in order (the order carries the streams from one batch to the next); resumable, so
-        # that a run resumed mid-epoch continues with the chunks it had not trained on
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if streams % world:
+            key = "batch_size" if train else "eval_batch_size"
+            raise ConfigError(
+                f"data.{key}={streams} streams are global, split over {world} processes; make "
+                f"it a multiple of {world}."
+            )
+        chunks = TokenChunks(ids, streams, self.seq_len, drop_last=train, rank=rank, world=world)
+        # in order on every process (the order carries the streams from one batch to the next;
+        # the processes differ in their streams, not their chunks): a DistributedSampler, so
+        # that Lightning does not shard the chunks; resumable, so that a run resumed mid-epoch
+        # continues with the chunks it had not trained on
         return ResumableLoader(
             chunks,
             sampler=SequentialResumeSampler(len(chunks)),
-            position=lambda: training_position(self.trainer),
-            **common,
+            batch_size=None,  # every item already is a batch of B streams
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            position=(lambda: training_position(self.trainer)) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -150,7 +150,9 @@ class LanguageModel(L.LightningModule):
         """Loss of one chunk, continuing the split's streams from the state the last chunk left."""
         logits, state = self(batch.x, self._states.get(split))  # (B, T, V)
         self._states[split] = detach_state(state)  # truncation: no gradient into past chunks
-        logits, targets = logits.flatten(0, 1).float(), batch.y.flatten()  # (B * T, V), (B * T,)
+        logits, targets = logits.flatten(0, 1), batch.y.flatten()  # (B * T, V), (B * T,)
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()  # the loss in at least fp32 (fp64 runs keep fp64)
         loss = F.cross_entropy(logits, targets)
         getattr(self, f"{split}_loss").update(loss.detach(), targets.numel())
         getattr(self, f"{split}_acc").update(logits.detach(), targets)
