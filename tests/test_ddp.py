@@ -352,11 +352,30 @@ def test_two_processes_train_simclr_as_one_process_on_the_global_batch(make_cfg,
 
 
 @pytest.mark.slow
-def test_two_processes_train_a_char_lstm_as_one_process_on_the_global_streams(
-    make_cfg, tmp_path
-):
+def test_two_processes_train_a_char_lstm_as_one_process_on_the_global_streams(make_cfg, tmp_path):
     """Each rank carries half of the streams (and their state); the chunks stay in order."""
-    words = "the of and to a in that it was her she not be he his as had with for you".split()
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "a",
+        "in",
+        "that",
+        "it",
+        "was",
+        "her",
+        "she",
+        "not",
+        "be",
+        "he",
+        "his",
+        "as",
+        "had",
+        "with",
+        "for",
+        "you",
+    ]
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(words[i * 7 % len(words)] for i in range(900)), encoding="utf-8")
     text = [

@@ -101,7 +101,28 @@ def reference(tmp_path_factory) -> tuple[dict, Path]:
 def test_language_model_resumed_mid_epoch_continues_its_streams(tmp_path, monkeypatch):
     """Truncated BPTT: the resumed run trains on the chunks it had not reached, from the
     recurrent state it had (saved in the checkpoint), to the uninterrupted run's metrics."""
-    words = "the of and to a in that it was her she not be he his as had with for you".split()
+    words = [
+        "the",
+        "of",
+        "and",
+        "to",
+        "a",
+        "in",
+        "that",
+        "it",
+        "was",
+        "her",
+        "she",
+        "not",
+        "be",
+        "he",
+        "his",
+        "as",
+        "had",
+        "with",
+        "for",
+        "you",
+    ]
     rng = np.random.default_rng(0)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(rng.choice(words, 700)) + "\n", encoding="utf-8")

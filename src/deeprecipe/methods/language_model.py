@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -247,9 +247,9 @@ class LanguageModel(L.LightningModule):
         Samples one character at a time from ``softmax(logits / temperature)`` and feeds it back:
         a recurrent model continues from its state; a Transformer rereads its last
         ``context_length`` characters, or fewer: no more than the longest chunk it trained on
-        (its later positions never learned anything). ``<unk>`` and unused ids are never sampled. An empty prime
-        starts after a newline. ``seed`` makes the sample reproducible without touching the
-        global random state.
+        (its later positions never learned anything). ``<unk>`` and unused ids are never
+        sampled. An empty prime starts after a newline. ``seed`` makes the sample reproducible
+        without touching the global random state.
         """
         if temperature <= 0 or length < 0:
             raise ConfigError(f"temperature={temperature} must be > 0 and length={length} >= 0.")
