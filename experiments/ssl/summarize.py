@@ -22,6 +22,9 @@ ORDER += ("barlow_twins", "mae")
 NAMES = {
     "scratch": "supervised from scratch (same labels)",
     "random": "random init (frozen for kNN/linear)",
+    "rotation": "rotation (pretext)",
+    "jigsaw": "jigsaw (pretext)",
+    "context": "context prediction (pretext)",
     "barlow_twins": "Barlow Twins",
     "moco": "MoCo v2",
     "byol": "BYOL",
