@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -28,6 +29,26 @@ requires_fashion = pytest.mark.skipif(
     not Path(DEBIAN_ROOT, "train-images-idx3-ubyte.gz").exists(),
     reason="Fashion-MNIST not installed (make install does it)",
 )
+
+
+def tiny_char_lstm(tmp_path: Path, words: int = 800) -> list[str]:
+    """Overrides of a tiny ``+experiment=char_lstm`` on a seeded corpus of common words, written
+    to ``tmp_path/corpus.txt``: 4 training streams of 16-step chunks, 1-layer LSTM of width 16."""
+    vocabulary = "the of and to a in that it was her she not be he his as had with for you"
+    rng = random.Random(0)
+    text = " ".join(rng.choice(vocabulary.split(" ")) for _ in range(words))
+    (tmp_path / "corpus.txt").write_text(text + "\n", encoding="utf-8")
+    return [
+        "+experiment=char_lstm",
+        f"data.path={tmp_path / 'corpus.txt'}",
+        "data.seq_len=16",
+        "data.batch_size=4",
+        "data.eval_batch_size=4",
+        "model.hidden_size=16",
+        "model.embed_dim=8",
+        "model.num_layers=1",
+        "method.sample_length=0",
+    ]
 
 
 def group_options(group: str) -> list[str]:

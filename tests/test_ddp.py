@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import open_dict
 from torch import nn
 
-from conftest import CONF, QUIET, ROOT, run_cli
+from conftest import CONF, QUIET, ROOT, run_cli, tiny_char_lstm
 from deeprecipe.callbacks.knn import knn_accuracy, knn_predict
 from deeprecipe.data import DigitsDataModule
 from deeprecipe.data.base import ImageArrays
@@ -354,39 +354,8 @@ def test_two_processes_train_simclr_as_one_process_on_the_global_batch(make_cfg,
 @pytest.mark.slow
 def test_two_processes_train_a_char_lstm_as_one_process_on_the_global_streams(make_cfg, tmp_path):
     """Each rank carries half of the streams (and their state); the chunks stay in order."""
-    words = [
-        "the",
-        "of",
-        "and",
-        "to",
-        "a",
-        "in",
-        "that",
-        "it",
-        "was",
-        "her",
-        "she",
-        "not",
-        "be",
-        "he",
-        "his",
-        "as",
-        "had",
-        "with",
-        "for",
-        "you",
-    ]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(" ".join(words[i * 7 % len(words)] for i in range(900)), encoding="utf-8")
     text = [
-        "+experiment=char_lstm",
-        f"data.path={corpus}",
-        "data.seq_len=16",
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "model.hidden_size=16",
-        "model.embed_dim=8",
-        "method.sample_length=0",
+        *tiny_char_lstm(tmp_path),
         "trainer.max_epochs=2",
         "+trainer.limit_train_batches=6",
         "trainer.precision=64-true",

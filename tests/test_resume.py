@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -26,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import deeprecipe.train as train
-from conftest import CONF, QUIET, ROOT, run_cli
+from conftest import CONF, QUIET, ROOT, run_cli, tiny_char_lstm
 from deeprecipe import resume
 from deeprecipe.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from deeprecipe.errors import CheckpointError
@@ -101,41 +100,8 @@ def reference(tmp_path_factory) -> tuple[dict, Path]:
 def test_language_model_resumed_mid_epoch_continues_its_streams(tmp_path, monkeypatch):
     """Truncated BPTT: the resumed run trains on the chunks it had not reached, from the
     recurrent state it had (saved in the checkpoint), to the uninterrupted run's metrics."""
-    words = [
-        "the",
-        "of",
-        "and",
-        "to",
-        "a",
-        "in",
-        "that",
-        "it",
-        "was",
-        "her",
-        "she",
-        "not",
-        "be",
-        "he",
-        "his",
-        "as",
-        "had",
-        "with",
-        "for",
-        "you",
-    ]
-    rng = np.random.default_rng(0)
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(" ".join(rng.choice(words, 700)) + "\n", encoding="utf-8")
     overrides = [
-        "+experiment=char_lstm",
-        f"data.path={corpus}",
-        "data.seq_len=16",
-        "data.batch_size=4",
-        "data.eval_batch_size=4",
-        "model.hidden_size=16",
-        "model.embed_dim=8",
-        "model.num_layers=1",
-        "method.sample_length=0",
+        *tiny_char_lstm(tmp_path),
         "trainer.max_epochs=2",
         "trainer.deterministic=true",
         "callbacks.step_checkpoint.every_n_train_steps=5",

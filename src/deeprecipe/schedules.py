@@ -91,6 +91,20 @@ class WarmupFactor:
         return cycle if t == self._cycle_start(cycle + 1) else None
 
 
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up length in steps, at most the run; a warm-up that fills the run is warned about."""
+    steps = _steps(warmup_epochs, steps_per_epoch)
+    if warmup_epochs > 0 and steps >= total_steps and total_steps > 1:
+        log.warning(
+            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
+            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
+            warmup_epochs,
+            steps,
+            total_steps,
+        )
+    return min(steps, total_steps)
+
+
 def _steps(epochs: float, steps_per_epoch: int) -> int:
     return round(epochs * steps_per_epoch)
 
@@ -105,15 +119,7 @@ def _build(
 ) -> LambdaLR:
     if warmup_epochs < 0:
         raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}; it must be >= 0.")
-    warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
-    if warmup_epochs > 0 and warmup >= total_steps and total_steps > 1:
-        log.warning(
-            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
-            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
-            warmup_epochs,
-            _steps(warmup_epochs, steps_per_epoch),
-            total_steps,
-        )
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
     factor = WarmupFactor(shape, warmup, max(1, total_steps - warmup), **params)
     return LambdaLR(optimizer, factor)
 
@@ -211,15 +217,7 @@ def cosine_restarts(
     Snapshot ensembles (Huang et al. 2017) save the model at the end of each cycle
     (``callbacks=snapshots``) and average the snapshots' predictions after training.
     """
-    warmup = min(_steps(warmup_epochs, steps_per_epoch), total_steps)
-    if warmup_epochs > 0 and warmup >= total_steps and total_steps > 1:
-        log.warning(
-            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
-            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
-            warmup_epochs,
-            _steps(warmup_epochs, steps_per_epoch),
-            total_steps,
-        )
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
     if not 1 <= cycles <= total_steps - warmup:
         raise ConfigError(
             f"scheduler.cycles={cycles}; it must be between 1 and the {total_steps - warmup} "
