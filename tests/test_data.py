@@ -94,8 +94,78 @@ def test_digits_and_label_bounds():
 def test_bad_sizes_rejected():
     with pytest.raises(ConfigError, match="batch_size=0"):
         DigitsDataModule(batch_size=0)
-    with pytest.raises(ConfigError, match="image_size=28"):
-        DigitsDataModule(image_size=28).setup()
+    with pytest.raises(ConfigError, match="in_chans=3"):
+        DigitsDataModule(in_chans=3).setup()
+
+
+def bilinear_reference(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of a (H, W) image, half-pixel centres, by the textbook formula."""
+    height, width = image.shape
+    out = torch.empty(size, size, dtype=torch.float64)
+    for i in range(size):
+        for j in range(size):
+            y = max((i + 0.5) * height / size - 0.5, 0.0)
+            x = max((j + 0.5) * width / size - 0.5, 0.0)
+            y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
+            y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+            dy, dx = y - y0, x - x0
+            top = image[y0, x0] * (1 - dx) + image[y0, x1] * dx
+            bottom = image[y1, x0] * (1 - dx) + image[y1, x1] * dx
+            out[i, j] = top * (1 - dy) + bottom * dy
+    return out
+
+
+def test_digits_upsampled_for_fashion_networks():
+    from sklearn.datasets import load_digits
+
+    small, large = DigitsDataModule(), DigitsDataModule(image_size=28)
+    small.setup()
+    large.setup()
+    assert large.train.images.shape[1:] == (1, 28, 28) and large.train.images.dtype == torch.uint8
+    assert torch.equal(large.train.labels, small.train.labels)  # same split, same order
+    raw = torch.from_numpy(load_digits().images[0]).double() * 255 / 16
+    expected = bilinear_reference(raw, 28).round()
+    first = DigitsDataModule(image_size=28).load_arrays()[0].images[0, 0].double()
+    # float32 against float64: a value at .5 may round either way
+    assert (first - expected).abs().max() <= 1 and (first == expected).float().mean() > 0.95
+
+
+def test_class_subset_relabels_every_split():
+    full = DigitsDataModule()
+    full.setup()
+    part = DigitsDataModule(classes=[7, 2, 9], num_classes=3, val_size=0.2)
+    part.setup()
+    for split in ("train", "val", "test"):
+        arrays = getattr(part, split)
+        assert set(arrays.labels.tolist()) == {0, 1, 2}
+    # the images of source class 7 are exactly those now labelled 0, in the test split too
+    # (no official test set: digits holds one out of the kept images)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).mul(255 / 16).round().to(torch.uint8)
+    sevens = {img.numpy().tobytes() for img in images[torch.from_numpy(digits.target) == 7]}
+    kept = torch.cat([part.train.images, part.val.images, part.test.images])[:, 0]
+    labels = torch.cat([part.train.labels, part.val.labels, part.test.labels])
+    assert len(kept) == int(
+        (torch.from_numpy(digits.target)[:, None] == torch.tensor([7, 2, 9])).sum()
+    )
+    assert all(
+        (img.numpy().tobytes() in sevens) == (int(y) == 0)
+        for img, y in zip(kept, labels, strict=True)
+    )
+    few = DigitsDataModule(classes=[0, 1], num_classes=2, labels_per_class=5, batch_size=4)
+    few.setup()
+    assert torch.bincount(few.train.labels).tolist() == [5, 5]
+
+
+def test_class_subset_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="set data.num_classes=2"):
+        DigitsDataModule(classes=[1, 2])
+    with pytest.raises(ConfigError, match="distinct"):
+        DigitsDataModule(classes=[1, 1], num_classes=2)
+    with pytest.raises(ConfigError, match="no images of class \\[12\\]"):
+        DigitsDataModule(classes=[1, 12], num_classes=2).setup()
 
 
 def test_torchvision_absent_offline_is_clear(tmp_path):
@@ -160,3 +230,13 @@ def test_torchvision_failed_download_is_clear(tmp_path, monkeypatch):
     datamodule = TorchvisionDataModule("cifar10", root=str(tmp_path), download=True)
     with pytest.raises(DataNotFoundError, match="download failed.*no internet"):
         datamodule.prepare_data()
+
+
+def test_class_subset_refused_where_labels_name_source_classes():
+    from deeprecipe.data.hashtag_data import HashtagDigitsDataModule
+    from deeprecipe.data.noisy import NoisyDigitsDataModule
+
+    with pytest.raises(ConfigError, match="data.classes does not apply to hashtag"):
+        HashtagDigitsDataModule(classes=[0, 1], num_classes=2)
+    with pytest.raises(ConfigError, match="data.classes does not apply to noisy"):
+        NoisyDigitsDataModule(classes=[0, 1], num_classes=2)

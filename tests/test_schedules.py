@@ -76,3 +76,25 @@ def test_warmup_as_long_as_the_run_is_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
         schedules.cosine(optimizer, total_steps=100, steps_per_epoch=50, warmup_epochs=2.0)
     assert "100 steps, at least the whole run (100 steps)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "factory", [schedules.cosine, schedules.linear, schedules.constant, schedules.step]
+)
+def test_warmup_counted_in_steps_replaces_epochs(factory):
+    # 7 warm-up iterations whatever the epoch length and the preset's warmup_epochs
+    for steps_per_epoch in (10, 50):
+        values = lrs(factory, steps_per_epoch=steps_per_epoch, warmup_epochs=3.0, warmup_steps=7)
+        assert values[:7] == pytest.approx([(i + 1) / 7 for i in range(7)])
+        assert values[7] == pytest.approx(1.0)
+    values = lrs(schedules.cosine, warmup_epochs=2.0, warmup_steps=0)  # 0 turns warm-up off
+    assert values[0] == pytest.approx(1.0)
+    assert values[50] == pytest.approx(0.5 * (1 + math.cos(math.pi * 50 / 100)))
+
+
+def test_bad_warmup_steps():
+    for bad in (-1, 2.5):
+        with pytest.raises(ConfigError, match="scheduler.warmup_steps"):
+            lrs(schedules.cosine, warmup_steps=bad)
+    with pytest.raises(ConfigError, match="scheduler.warmup_steps"):
+        lrs(schedules.cosine_restarts, cycles=2, warmup_steps=-3)

@@ -3,8 +3,11 @@
 Every public function here is a config target (``_partial_: true``); the method calls it with
 the optimizer, ``total_steps`` and ``steps_per_epoch`` once the trainer knows them. Durations in
 the config are in epochs (fractions allowed) because that is how practitioners think of them;
-they are converted to iterations here. The returned ``LambdaLR`` multiplies each group's base
-learning rate by a factor object whose state is saved in checkpoints.
+they are converted to iterations here. ``warmup_steps``, when set, gives the warmup in iterations
+instead of ``warmup_epochs`` (it wins over it): a warmup of equal length whatever the epoch size,
+e.g. for runs of a fixed number of steps over datasets of different sizes. The returned
+``LambdaLR`` multiplies each group's base learning rate by a factor object whose state is saved
+in checkpoints.
 """
 
 from __future__ import annotations
@@ -91,16 +94,33 @@ class WarmupFactor:
         return cycle if t == self._cycle_start(cycle + 1) else None
 
 
-def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
-    """Warm-up length in steps, at most the run; a warm-up that fills the run is warned about."""
-    steps = _steps(warmup_epochs, steps_per_epoch)
-    if warmup_epochs > 0 and steps >= total_steps and total_steps > 1:
+def _warmup_steps(
+    warmup_epochs: float, steps_per_epoch: int, total_steps: int, warmup_steps: int | None = None
+) -> int:
+    """Warm-up length in steps, at most the run; a warm-up that fills the run is warned about.
+
+    ``warmup_steps`` (iterations), when not None, replaces ``warmup_epochs``.
+    """
+    if warmup_epochs < 0:
+        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}; it must be >= 0.")
+    if warmup_steps is not None and (warmup_steps < 0 or int(warmup_steps) != warmup_steps):
+        raise ConfigError(
+            f"scheduler.warmup_steps={warmup_steps}; it must be a whole number >= 0, or null "
+            "to count the warmup in epochs (scheduler.warmup_epochs)."
+        )
+    name, value = (
+        ("warmup_epochs", warmup_epochs) if warmup_steps is None else ("warmup_steps", warmup_steps)
+    )
+    steps = _steps(warmup_epochs, steps_per_epoch) if warmup_steps is None else int(warmup_steps)
+    if steps > 0 and steps >= total_steps and total_steps > 1:
         log.warning(
-            "scheduler.warmup_epochs=%s is %d steps, at least the whole run (%d steps): the "
-            "learning rate only rises and never decays. Lower scheduler.warmup_epochs.",
-            warmup_epochs,
+            "scheduler.%s=%s is %d steps, at least the whole run (%d steps): the learning rate "
+            "only rises and never decays. Lower scheduler.%s.",
+            name,
+            value,
             steps,
             total_steps,
+            name,
         )
     return min(steps, total_steps)
 
@@ -115,20 +135,23 @@ def _build(
     steps_per_epoch: int,
     warmup_epochs: float,
     shape: str,
+    warmup_steps: int | None = None,
     **params,
 ) -> LambdaLR:
-    if warmup_epochs < 0:
-        raise ConfigError(f"scheduler.warmup_epochs={warmup_epochs}; it must be >= 0.")
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps, warmup_steps)
     factor = WarmupFactor(shape, warmup, max(1, total_steps - warmup), **params)
     return LambdaLR(optimizer, factor)
 
 
 def constant(
-    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
 ) -> LambdaLR:
     """The base learning rate throughout (after warmup)."""
-    return _build(optimizer, total_steps, steps_per_epoch, warmup_epochs, "constant")
+    return _build(optimizer, total_steps, steps_per_epoch, warmup_epochs, "constant", warmup_steps)
 
 
 def step(
@@ -138,6 +161,7 @@ def step(
     step_epochs: float = 30.0,
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
 ) -> LambdaLR:
     """Multiply the rate by ``gamma`` every ``step_epochs`` epochs."""
     step_size = max(1, _steps(step_epochs, steps_per_epoch))
@@ -147,6 +171,7 @@ def step(
         steps_per_epoch,
         warmup_epochs,
         "step",
+        warmup_steps=warmup_steps,
         gamma=gamma,
         step_size=step_size,
     )
@@ -159,6 +184,7 @@ def multistep(
     milestones: Sequence[float] = (30.0, 60.0, 80.0),
     gamma: float = 0.1,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
 ) -> LambdaLR:
     """Multiply the rate by ``gamma`` at each milestone (epochs after warmup)."""
     marks = [_steps(m, steps_per_epoch) for m in milestones]
@@ -168,6 +194,7 @@ def multistep(
         steps_per_epoch,
         warmup_epochs,
         "multistep",
+        warmup_steps=warmup_steps,
         gamma=gamma,
         milestones=marks,
     )
@@ -179,13 +206,20 @@ def exponential(
     steps_per_epoch: int,
     gamma: float = 0.95,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
 ) -> LambdaLR:
     """Multiply the rate by ``gamma`` per epoch, applied smoothly every iteration."""
     if not 0.0 < gamma <= 1.0:
         raise ConfigError(f"scheduler.gamma={gamma}; it must be in (0, 1].")
     per_step = gamma ** (1.0 / steps_per_epoch)
     return _build(
-        optimizer, total_steps, steps_per_epoch, warmup_epochs, "exponential", gamma=per_step
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "exponential",
+        warmup_steps,
+        gamma=per_step,
     )
 
 
@@ -194,11 +228,18 @@ def cosine(
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
     end_factor: float = 0.0,
 ) -> LambdaLR:
     """Half-cosine from the base rate to ``end_factor`` x base at the last iteration."""
     return _build(
-        optimizer, total_steps, steps_per_epoch, warmup_epochs, "cosine", end_factor=end_factor
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "cosine",
+        warmup_steps,
+        end_factor=end_factor,
     )
 
 
@@ -208,6 +249,7 @@ def cosine_restarts(
     steps_per_epoch: int,
     cycles: int = 5,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
     end_factor: float = 0.0,
 ) -> LambdaLR:
     """Cosine annealing with warm restarts (SGDR, Loshchilov and Hutter 2017) in equal cycles.
@@ -217,7 +259,7 @@ def cosine_restarts(
     Snapshot ensembles (Huang et al. 2017) save the model at the end of each cycle
     (``callbacks=snapshots``) and average the snapshots' predictions after training.
     """
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps, warmup_steps)
     if not 1 <= cycles <= total_steps - warmup:
         raise ConfigError(
             f"scheduler.cycles={cycles}; it must be between 1 and the {total_steps - warmup} "
@@ -229,6 +271,7 @@ def cosine_restarts(
         steps_per_epoch,
         warmup_epochs,
         "cosine_restarts",
+        warmup_steps=warmup_steps,
         end_factor=end_factor,
         cycles=cycles,
     )
@@ -239,11 +282,18 @@ def linear(
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
     end_factor: float = 0.0,
 ) -> LambdaLR:
     """Straight line to ``end_factor`` x base; with warmup this is the one-cycle triangle."""
     return _build(
-        optimizer, total_steps, steps_per_epoch, warmup_epochs, "linear", end_factor=end_factor
+        optimizer,
+        total_steps,
+        steps_per_epoch,
+        warmup_epochs,
+        "linear",
+        warmup_steps,
+        end_factor=end_factor,
     )
 
 
@@ -252,6 +302,7 @@ def inverse_sqrt(
     total_steps: int,
     steps_per_epoch: int,
     warmup_epochs: float = 0.0,
+    warmup_steps: int | None = None,
     timescale_epochs: float = 1.0,
 ) -> LambdaLR:
     """Decay as 1/sqrt(t) after warmup (Transformer-style), halved after 3 timescales."""
@@ -262,5 +313,6 @@ def inverse_sqrt(
         steps_per_epoch,
         warmup_epochs,
         "inverse_sqrt",
+        warmup_steps=warmup_steps,
         timescale=timescale,
     )

@@ -33,6 +33,7 @@ class NonFiniteLossGuard(L.Callback):
         raise NonFiniteLossError(
             f"The training loss became {value} at step {step} (epoch {trainer.current_epoch}, "
             f"learning rate {lr:.3g}). Lower the learning rate (optim.lr), add warmup "
-            "(scheduler.warmup_epochs) or gradient clipping (trainer.gradient_clip_val), and "
-            "check the inputs for NaN. Checkpoints written before this step are kept."
+            "(scheduler.warmup_epochs or warmup_steps) or gradient clipping "
+            "(trainer.gradient_clip_val), and check the inputs for NaN. Checkpoints written "
+            "before this step are kept."
         )

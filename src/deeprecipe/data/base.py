@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,6 +277,9 @@ class ImageDataModule(L.LightningDataModule):
             so that runs with different seeds see the same split.
         labels_per_class: keep only this many labelled training examples per class (balanced).
         train_fraction: keep only this fraction of each class of the training split.
+        classes: keep only the images of these source classes (train, val and test), relabelled
+            0..k-1 in the order listed; ``num_classes`` must then be k. Splits a dataset into
+            disjoint class sets, e.g. pretrain on classes 0-4 and transfer to 5-9.
         num_workers: DataLoader worker processes. In-memory batches need none.
         pin_memory: pin host memory for faster copies to a GPU.
     """
@@ -293,10 +296,22 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         labels_per_class: int | None = None,
         train_fraction: float = 1.0,
+        classes: Sequence[int] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
         super().__init__()
+        if classes is not None:
+            classes = [int(c) for c in classes]
+            if len(set(classes)) != len(classes) or min(classes, default=0) < 0:
+                raise ConfigError(
+                    f"data.classes={classes}; list distinct source class indices (>= 0)."
+                )
+            if len(classes) != num_classes:
+                raise ConfigError(
+                    f"data.classes lists {len(classes)} classes but data.num_classes="
+                    f"{num_classes}; set data.num_classes={len(classes)}."
+                )
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}; it must be a positive integer.")
         if eval_batch_size is not None and eval_batch_size < 1:
@@ -319,6 +334,7 @@ class ImageDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.labels_per_class = labels_per_class
         self.train_fraction = train_fraction
+        self.classes = classes
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.train: ImageArrays | None = None
@@ -341,6 +357,9 @@ class ImageDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         train_all, test = self.load_arrays()
+        if self.classes is not None:
+            train_all = self._keep_classes(train_all, "training")
+            test = None if test is None else self._keep_classes(test, "test")
         generator = torch.Generator().manual_seed(self.split_seed)
         if test is None:
             train_all, test = self._split(train_all, self.test_size, generator, "data.test_size")
@@ -377,6 +396,23 @@ class ImageDataModule(L.LightningDataModule):
             _fmt(self.mean),
             _fmt(self.std),
         )
+
+    def _keep_classes(self, arrays: ImageArrays, split: str) -> ImageArrays:
+        """The images of ``self.classes`` only, their labels renumbered 0..k-1 in that order."""
+        assert self.classes is not None
+        labels = arrays.labels.long()
+        top = max(int(labels.max()) if len(labels) else -1, *self.classes)
+        table = torch.full((top + 1,), -1, dtype=torch.long)
+        table[torch.tensor(self.classes)] = torch.arange(len(self.classes))
+        new = table[labels.clamp_min(0)].masked_fill(labels < 0, -1)
+        keep = torch.nonzero(new >= 0).flatten()
+        empty = [c for c in self.classes if not bool((labels == c).any())]
+        if empty:
+            raise ConfigError(
+                f"data.classes={self.classes}: the {self.source_name} {split} set has no "
+                f"images of class {empty}; list classes the source has."
+            )
+        return ImageArrays(arrays.images[keep], new[keep])
 
     @staticmethod
     def _split(

@@ -170,6 +170,11 @@ class HashtagLabels(ImageDataModule):
                 "data.labels_per_class and data.train_fraction do not apply to hashtag data; "
                 "set data.pool_fraction to use part of the weakly labelled pool."
             )
+        if kwargs.get("classes") is not None:
+            raise ConfigError(
+                "data.classes does not apply to hashtag data: its tag vocabulary is built for "
+                "all the source's classes. Leave data.classes null."
+            )
         super().__init__(**kwargs)
         if label_space not in LABEL_SPACES:
             raise ConfigError(

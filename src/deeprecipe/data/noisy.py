@@ -57,6 +57,11 @@ class NoisyTrainLabels(ImageDataModule):
         confusion_groups: Sequence[Sequence[int]] | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("classes") is not None:
+            raise ConfigError(
+                "data.classes does not apply to noisy-label data: its confusion groups name the "
+                "source's class indices. Leave data.classes null."
+            )
         super().__init__(**kwargs)
         if noise not in NOISE_MODELS:
             raise ConfigError(f"data.noise={noise!r}; choose one of {', '.join(NOISE_MODELS)}.")

@@ -106,7 +106,9 @@ def run(
     """Train ``cfg``'s model on a small sample until 100% training accuracy or ``epochs``."""
     if epochs < 1:
         raise ConfigError(f"overfit --epochs {epochs}; train for at least one epoch.")
-    turned_off = turn_off_regularization(cfg) + set_present(cfg, {"scheduler.warmup_epochs": 0.0})
+    turned_off = turn_off_regularization(cfg) + set_present(
+        cfg, {"scheduler.warmup_epochs": 0.0, "scheduler.warmup_steps": 0}
+    )
     built_data, _ = build_classifier(cfg)
     sample = small_sample(datamodule or built_data, examples, batches)
     assert sample.train is not None

