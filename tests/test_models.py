@@ -27,9 +27,8 @@ def test_forward_backward_contract(make_cfg, option, data):
     features.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
-    if not isinstance(model, TimmBackbone):
-        assert len(model.stages()) >= 2
-        assert all(isinstance(stage, torch.nn.Module) for stage in model.stages())
+    assert len(model.stages()) >= 2
+    assert all(isinstance(stage, torch.nn.Module) for stage in model.stages())
 
 
 # the torchvision video ResNets (31-33 M parameters) on a tiny clip; batch 2, as training-mode
@@ -78,3 +77,70 @@ def test_resnet_depths_and_bad_values():
 def test_timm_unknown_name():
     with pytest.raises(ConfigError, match="not a timm model"):
         TimmBackbone("no_such_net")
+
+
+def test_timm_resnet_stages_follow_feature_info():
+    from deeprecipe.methods import Supervised
+    from deeprecipe.methods.linear_probe import stage_features
+
+    backbone = TimmBackbone("resnet18", in_chans=1)
+    net = backbone.model
+    stages = backbone.stages()
+    assert [stage.boundary for stage in stages] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    # the probe of stage 1 reads layer1's output, computed here by the model's own modules
+    backbone.eval()
+    x = torch.randn(2, 1, 32, 32)
+    expected = net.layer1(net.maxpool(net.act1(net.bn1(net.conv1(x))))).mean(dim=(2, 3))
+    assert torch.allclose(stage_features(backbone, x, 1), expected, atol=1e-6)
+    # freezing stages 0..1 freezes conv1, bn1 and layer1 (in eval mode), nothing after them
+    from functools import partial
+
+    method = Supervised(
+        backbone=backbone,
+        num_classes=3,
+        in_chans=1,
+        optimizer=partial(torch.optim.SGD, lr=0.1),
+        scheduler=None,
+        freeze_stages=1,
+    )
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
+    expected_frozen = {
+        f"model.{n}" for n, _ in net.named_parameters() if n.startswith(("conv1", "bn1", "layer1"))
+    }
+    assert frozen == expected_frozen
+    method.train()
+    assert not net.bn1.training and not net.layer1[0].bn1.training and net.layer2.training
+    assert len(backbone.state_dict()) == len(net.state_dict())  # stages add no weights
+
+
+def test_timm_vit_stages_are_blocks_with_the_tokens_first():
+    from deeprecipe.methods.linear_probe import stage_features
+
+    backbone = TimmBackbone(
+        "vit_tiny_patch16_224",
+        in_chans=1,
+        image_size=28,
+        patch_size=4,
+        embed_dim=32,
+        depth=3,
+        num_heads=2,
+    )
+    vit = backbone.model
+    stages = backbone.stages()
+    assert [stage.boundary for stage in stages] == ["blocks.0", "blocks.1", "blocks.2"]
+    first = {id(p) for p in stages[0].parameters()}
+    assert {id(vit.cls_token), id(vit.pos_embed), id(vit.patch_embed.proj.weight)} <= first
+    assert id(vit.blocks[1].attn.qkv.weight) not in first
+    backbone.eval()
+    x = torch.randn(2, 1, 28, 28)
+    tokens = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    for block in vit.blocks[:2]:
+        tokens = block(tokens)
+    assert torch.allclose(stage_features(backbone, x, 1), tokens.mean(dim=1), atol=1e-5)
+
+
+def test_timm_model_without_feature_info_is_named():
+    backbone = TimmBackbone("resnet18", in_chans=1)
+    backbone.model.feature_info = []
+    with pytest.raises(ConfigError, match="publishes no feature_info"):
+        backbone.stages()

@@ -7,8 +7,8 @@
 #              of each video (chance 50%)
 #   finetune   +experiment=temporal_order_finetune (every layer at the head's rate)
 #   scratch    +experiment=temporal_order_scratch (same data, budget and optimizer)
-# Label budgets: LABELS="CLIPS:EPOCHS ..." (default "64:40 256:10": 64 clips = 8 per class for
-# 40 epochs, 256 clips for 10; both 80 steps of batch 32).
+# Label budgets: LABELS="CLIPS:EPOCHS:VAL_EVERY ..." (default "64:40:4 256:10:1": 64 clips = 8
+# per class for 40 epochs, validated every 4th; 256 clips for 10; both 80 steps of batch 32).
 # Usage (from the repository root):
 #   experiments/ssl/temporal_order_study.sh OUT_DIR "SEEDS"
 # Results: one JSON line per run in OUT_DIR/results.jsonl (a re-run skips finished runs and
@@ -16,7 +16,7 @@
 set -euo pipefail
 out=${1:?output dir}
 seeds=${2:-"0 1 2"}
-labels=${LABELS:-"64:40 256:10"}
+labels=${LABELS:-"64:40:4 256:10:1"}
 python=${PYTHON:-.venv/bin/python}
 read -r -a extra <<< "${EXTRA:-}"
 common=(trainer.enable_progress_bar=false logger=csv "${extra[@]}")
@@ -45,9 +45,9 @@ for seed in $seeds; do
     run "$pre" +experiment=temporal_order_pretrain seed=$seed
     record pretrain 0 "$seed" "$pre"
     for budget in $labels; do
-        clips=${budget%%:*}
-        epochs=${budget##*:}
-        data=(data.train_clips=$clips trainer.max_epochs=$epochs seed=$seed)
+        IFS=: read -r clips epochs every <<< "$budget"
+        data=(data.train_clips=$clips trainer.max_epochs=$epochs
+              trainer.check_val_every_n_epoch=$every seed=$seed)
         dir=$out/scratch/$clips/$seed
         run "$dir" +experiment=temporal_order_scratch "${data[@]}"
         record scratch "$clips" "$seed" "$dir"

@@ -5,15 +5,17 @@
 #   (a re-run skips the runs that finished and records them again: read results by their keys)
 #   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
 # Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, with the
-# same schedule (cosine from lr 0.1, no warm-up: a warm-up counted in epochs would last longer on
-# larger pools), so the pools differ in data, not in compute or schedule. Usage (from the repository root):
-#   experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
+# same schedule (cosine from lr 0.1 after a linear warm-up of WARMUP steps, counted in steps so
+# that it is equal on every pool), so the pools differ in data, not in compute or schedule.
+# Usage (from the repository root):
+#   [WARMUP=STEPS] experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
 # Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
 set -euo pipefail
 out=${1:?output dir}
 seeds=${2:-"0 1 2"}
 steps=${3:-430}
 capacities=${4:-"4 16"}
+warmup=${WARMUP:-0}
 python=${PYTHON:-.venv/bin/python}
 common=(trainer.enable_progress_bar=false logger=csv)
 mkdir -p "$out"
@@ -45,7 +47,7 @@ for seed in $seeds; do
             [ -f "$pre/metrics.json" ] || "$python" run.py +experiment=hashtag_pretrain \
                 data=$data data.pool_fraction=$pool "${model[@]}" seed=$seed \
                 trainer.max_epochs=-1 trainer.max_steps=$steps scheduler=cosine \
-                scheduler.warmup_epochs=0 "${common[@]}" \
+                scheduler.warmup_steps=$warmup "${common[@]}" \
                 hydra.run.dir="$pre"
             fine=$out/finetune/$space/w$capacity/pool$pool/$seed
             [ -f "$fine/metrics.json" ] || "$python" run.py +experiment=hashtag_finetune \

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import timm
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from deeprecipe.errors import ConfigError, DataNotFoundError
 from deeprecipe.models.base import Backbone
@@ -58,7 +60,71 @@ class TimmBackbone(Backbone):
         return self.model(x)
 
     def stages(self) -> list[nn.Module]:
-        raise ConfigError(
-            "Stage-wise access is not available for timm backbones; use an in-house model or "
-            "probe the final features."
-        )
+        """The model's stages as timm's ``feature_info`` draws them, input side first.
+
+        Stage ``i`` holds every module that runs after stage ``i - 1``'s boundary module up to
+        and including its own (ResNet: stage 0 is conv1, bn1, act1; stage 1 maxpool and
+        layer1; ViT: one block each, stage 0 with the patch embedding and the class and
+        position tokens), so freezing stages ``0..k`` freezes the whole input side up to
+        boundary ``k``, and a probe of stage ``k`` reads the boundary's output. Modules after
+        the last boundary (final norm, pooling) belong to no stage.
+        """
+        info = getattr(self.model, "feature_info", None)
+        boundaries = [entry["module"] for entry in info or [] if isinstance(entry, dict)]
+        if not boundaries:
+            raise ConfigError(
+                f"The timm model {type(self.model).__name__} publishes no feature_info, so its "
+                "stages are unknown; probe the final features (method.stage=null) and fine-tune "
+                "without method.freeze_stages."
+            )
+        stages: list[nn.Module] = []
+        members: list[nn.Module] = []
+        params: dict[str, nn.Parameter] = {}
+        for name, item in _in_order(self.model, "", set(boundaries)):
+            if isinstance(item, nn.Parameter):
+                params[name.replace(".", "_")] = item
+                continue
+            members.append(item)
+            if name in boundaries:
+                stages.append(TimmStage(name, members, params))
+                members, params = [], {}
+        return stages
+
+
+class TimmStage(nn.Module):
+    """The modules of one stage of a timm model (see :meth:`TimmBackbone.stages`).
+
+    It is never called: ``requires_grad_``, ``train`` and ``eval`` reach its members and the
+    parameters it holds, which it shares with the model; a forward hook registered on it goes
+    on the boundary module, the last member, whose output is the stage's output.
+    """
+
+    def __init__(
+        self, boundary: str, members: list[nn.Module], params: dict[str, nn.Parameter]
+    ) -> None:
+        super().__init__()
+        self.boundary = boundary
+        self.members = nn.ModuleList(members)
+        for key, param in params.items():
+            self.register_parameter(key, param)
+
+    def register_forward_hook(self, hook: Any, **kwargs: Any) -> RemovableHandle:  # type: ignore[override]
+        return self.members[-1].register_forward_hook(hook, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"boundary={self.boundary!r}"
+
+
+def _in_order(
+    module: nn.Module, prefix: str, boundaries: set[str]
+) -> Iterator[tuple[str, nn.Module | nn.Parameter]]:
+    """``module``'s direct parameters, then its children in registration order, a child opened
+    up when a boundary lies inside it."""
+    for name, param in module.named_parameters(recurse=False):
+        yield prefix + name, param
+    for name, child in module.named_children():
+        full = prefix + name
+        if full not in boundaries and any(b.startswith(full + ".") for b in boundaries):
+            yield from _in_order(child, full + ".", boundaries)
+        else:
+            yield full, child
