@@ -165,6 +165,40 @@ def test_semi_split_is_balanced_disjoint_and_seeded():
     assert len(set(seen.tolist())) == len(seen)
 
 
+def _semi_ids(data: IndexedSemi, epoch: int) -> list[tuple[list[int], list[int]]]:
+    """(labelled ids, unlabelled ids) of every step of ``epoch``."""
+    loader = data.train_dataloader()
+    for part in loader.flattened:
+        part.sampler.set_epoch(epoch)  # what Lightning's fit loop does before each epoch
+    return [
+        (image_ids(b.labeled.x).tolist(), image_ids(b.unlabeled.x).tolist()) for b, _, _ in loader
+    ]
+
+
+def test_semi_global_batches_do_not_depend_on_the_number_of_processes(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    data = IndexedSemi(labels_per_class=3, mu=4, batch_size=8)
+    data.setup("fit")
+    one = _semi_ids(data, epoch=0)
+    assert one == _semi_ids(data, epoch=0)  # a pure function of (seed, epoch)
+    assert one != _semi_ids(data, epoch=1)
+    shards = []
+    for rank in range(2):
+        data.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        shards.append(_semi_ids(data, epoch=0))
+        assert all(len(lab) == 4 and len(unl) == 16 for lab, unl in shards[-1])  # B / W, mu B / W
+    assert len(shards[0]) == len(shards[1]) == len(one)
+    for step, (labeled, unlabeled) in enumerate(one):
+        # the two processes' batches of a step together are the single process's batch
+        assert sorted(shards[0][step][0] + shards[1][step][0]) == sorted(labeled)
+        assert sorted(shards[0][step][1] + shards[1][step][1]) == sorted(unlabeled)
+    data.trainer = SimpleNamespace(world_size=3, global_rank=0)
+    with pytest.raises(ConfigError, match="multiple of 3"):
+        data.train_dataloader()
+
+
 def test_semi_bad_settings_raise():
     with pytest.raises(ConfigError, match="data.mu"):
         IndexedSemi(mu=0)

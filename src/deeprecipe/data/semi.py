@@ -8,22 +8,32 @@ training loader yields :class:`~deeprecipe.batches.Semi` batches through Lightni
 ``CombinedLoader``: an epoch is one pass over the unlabelled set in batches of
 ``mu * batch_size``, and the labelled set is reshuffled and repeated as often as needed to give
 every step a labelled batch of ``batch_size`` (as FixMatch does with 40 labels).
+
+Both batch sizes are global, as everywhere in the suite: under DDP each of the W processes
+loads ``batch_size / W`` labelled and ``mu * batch_size / W`` unlabelled images per step, its
+share of the batches a single process would load (the orders are pure functions of the run
+seed and the epoch), so a config means the same optimization on any number of processes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeprecipe.batches import Semi, Unlabeled
 from deeprecipe.data.base import (
+    EpochShuffleSampler,
     ImageArrays,
     ImageDataModule,
     TensorBatchDataset,
     keep_batch,
+    mixed_seed,
+    run_seed,
     stratified_subset,
 )
 from deeprecipe.data.digits import DigitsDataModule
@@ -46,6 +56,35 @@ class UnlabeledBatchDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> Unlabeled:
         index = torch.as_tensor(indices)
         return Unlabeled(self.arrays.images[index], self.arrays.labels[index])
+
+
+class RepeatedShuffleSampler(Sampler[int]):
+    """``num_samples`` indices: fresh permutations of ``range(length)`` end to end, each a pure
+    function of ``(seed, epoch, k)`` for the k-th permutation of the epoch, so that every
+    process of a DDP run draws the same order and takes its share of it."""
+
+    def __init__(self, length: int, num_samples: int, seed: int) -> None:
+        self.length = length
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        orders: list[torch.Tensor] = []
+        count = 0
+        while count < self.num_samples:
+            generator = torch.Generator().manual_seed(
+                mixed_seed(self.seed, self.epoch, len(orders))
+            )
+            orders.append(torch.randperm(self.length, generator=generator))
+            count += self.length
+        return iter(torch.cat(orders)[: self.num_samples].tolist())
 
 
 def split_labeled(
@@ -107,6 +146,13 @@ class SemiSupervised(ImageDataModule):
     def train_dataloader(self) -> CombinedLoader:  # type: ignore[override]
         if self.train is None or self.unlabeled is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global labelled batch, split over "
+                f"{world} processes; make it a multiple of {world}."
+            )
         unlabeled_batch = self.mu * self.batch_size
         steps = len(self.unlabeled) // unlabeled_batch
         common: dict[str, Any] = {
@@ -116,16 +162,31 @@ class SemiSupervised(ImageDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
         }
+        seed = run_seed()
+
+        def share(sampler: Sampler[int]) -> Sampler[int]:
+            # rank r takes every world-th index of the shared order: the ranks' batches of a
+            # step together are the single process's batch
+            if world == 1:
+                return sampler
+            return DistributedSamplerWrapper(sampler, world, rank, shuffle=False, drop_last=True)
+
         unlabeled = DataLoader(
             UnlabeledBatchDataset(self.unlabeled),
-            batch_size=unlabeled_batch,
-            shuffle=True,
+            batch_size=unlabeled_batch // world,
+            sampler=share(EpochShuffleSampler(len(self.unlabeled), mixed_seed(seed, 1))),
             **common,
         )
         # Fresh permutations of the labelled set, concatenated to fill the epoch's steps.
-        labeled_set = TensorBatchDataset(self.train)
-        sampler = RandomSampler(labeled_set, num_samples=steps * self.batch_size)
-        labeled = DataLoader(labeled_set, batch_size=self.batch_size, sampler=sampler, **common)
+        labeled_order = RepeatedShuffleSampler(
+            len(self.train), steps * self.batch_size, mixed_seed(seed, 2)
+        )
+        labeled = DataLoader(
+            TensorBatchDataset(self.train),
+            batch_size=self.batch_size // world,
+            sampler=share(labeled_order),
+            **common,
+        )
         # A Semi of loaders: the CombinedLoader yields a Semi of batches.
         return CombinedLoader(Semi._make((labeled, unlabeled)), mode="max_size_cycle")
 
