@@ -5,17 +5,21 @@
 #   (a re-run skips the runs that finished and records them again: read results by their keys)
 #   x two capacities: ResNet-9 width 4 (small) and width 16 (large)
 # Pretraining runs an equal number of steps (STEPS x batch 256) whatever the pool size, with the
-# same schedule (cosine from lr 0.1 after a linear warm-up of WARMUP steps, counted in steps so
-# that it is equal on every pool), so the pools differ in data, not in compute or schedule.
+# same schedule (cosine from lr 0.1 after a linear warm-up of WARMUP steps, default 43 = 10% of
+# the default 430, counted in steps so that it is equal on every pool), so the pools differ in
+# data, not in compute or schedule. Fine-tuning and scratch (270 steps: 30 epochs of 9 batches)
+# warm up for FT_WARMUP steps (default 27). WARMUP=0 FT_WARMUP=9 gives the first recipe (no
+# pretraining warm-up, one epoch for the others), under which width 16 failed to train.
 # Usage (from the repository root):
-#   [WARMUP=STEPS] experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
+#   [WARMUP=N] [FT_WARMUP=N] experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
 # Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
 set -euo pipefail
 out=${1:?output dir}
 seeds=${2:-"0 1 2"}
 steps=${3:-430}
 capacities=${4:-"4 16"}
-warmup=${WARMUP:-0}
+warmup=${WARMUP:-43}
+ft_warmup=${FT_WARMUP:-27}
 python=${PYTHON:-.venv/bin/python}
 common=(trainer.enable_progress_bar=false logger=csv)
 mkdir -p "$out"
@@ -36,7 +40,7 @@ for seed in $seeds; do
         model=(model=resnet9 model.width=$capacity)
         dir=$out/scratch/w$capacity/$seed
         [ -f "$dir/metrics.json" ] || "$python" run.py +experiment=hashtag_scratch "${model[@]}" \
-            seed=$seed "${common[@]}" hydra.run.dir="$dir"
+            seed=$seed scheduler.warmup_steps=$ft_warmup "${common[@]}" hydra.run.dir="$dir"
         record scratch $capacity 0 $seed "$dir"
         for space_pool in designed:0.1 designed:0.3 designed:1.0 raw:1.0; do
             space=${space_pool%%:*}
@@ -52,7 +56,7 @@ for seed in $seeds; do
             fine=$out/finetune/$space/w$capacity/pool$pool/$seed
             [ -f "$fine/metrics.json" ] || "$python" run.py +experiment=hashtag_finetune \
                 pretraining_checkpoint="$pre/checkpoints/last.ckpt" "${model[@]}" seed=$seed \
-                "${common[@]}" hydra.run.dir="$fine"
+                scheduler.warmup_steps=$ft_warmup "${common[@]}" hydra.run.dir="$fine"
             record "pretrain_$space" $capacity $pool $seed "$fine"
         done
     done
