@@ -146,10 +146,13 @@ def test_sizes_tiny_and_odd_images_and_a_wrong_configured_size(tmp_path):
     datamodule = folder_data(tmp_path, image_size=5, val_size=0, test_size=1, batch_size=1)
     datamodule.setup()
     assert datamodule.train is not None and datamodule.train.images.shape[1:] == (3, 5, 5)
-    with pytest.raises(ConfigError, match="data.image_size=28"):
-        from deeprecipe.data import DigitsDataModule
+    # Fashion-MNIST is not resized: a configured size that differs from the files is named
+    from deeprecipe.data import DigitsDataModule, FashionMNISTDataModule
 
-        DigitsDataModule(image_size=28).setup()
+    with pytest.raises(ConfigError, match="data.image_size=32"):
+        FashionMNISTDataModule(image_size=32).setup()
+    with pytest.raises(ConfigError, match="data.image_size=0"):
+        DigitsDataModule(image_size=0)
 
 
 def test_empty_class_folder_is_named(tmp_path):

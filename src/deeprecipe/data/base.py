@@ -312,6 +312,8 @@ class ImageDataModule(L.LightningDataModule):
                     f"data.classes lists {len(classes)} classes but data.num_classes="
                     f"{num_classes}; set data.num_classes={len(classes)}."
                 )
+        if image_size < 1:
+            raise ConfigError(f"data.image_size={image_size}; it must be a positive integer.")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}; it must be a positive integer.")
         if eval_batch_size is not None and eval_batch_size < 1:
