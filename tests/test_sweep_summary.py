@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deeprecipe.sweep_summary import main, pivot
+from deeprecipe.sweep_summary import main, mean_std, pivot
 
 
 def make_job(sweep: Path, number: int, overrides: list[str], metrics: dict | None) -> None:
@@ -32,3 +32,10 @@ def test_pivot_gives_mean_and_std_per_cell(tmp_path, capsys):
     assert table[5] == "| sym0 | 90.0 ± 0.0 |  |"
     main([str(sweep), "--rows", "+noise", "--columns", "+loss", "--scale", "100"])
     assert "| sym40 | 72.00 ± 2.83 | 81.00 ± 1.41 |" in capsys.readouterr().out
+
+
+def test_mean_std_formats_the_sample_std_and_the_count():
+    assert mean_std([]) == ""
+    assert mean_std([0.9]) == "0.9 (n=1)"
+    assert mean_std([0.8, 0.9, 1.0], scale=100) == "90.0 ± 10.0 (n=3)"  # sample std (n-1)
+    assert mean_std([1.0, 2.0], digits=2, count=False) == "1.50 ± 0.71"

@@ -11,9 +11,10 @@ finished runs again).
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from pathlib import Path
+
+from deeprecipe.sweep_summary import mean_std
 
 COLUMNS = (("knn", "linear", "val/knn_acc"), ("linear", "linear", "test/acc"))
 COLUMNS += (("1% labels", "ft1", "test/acc"), ("10% labels", "ft10", "test/acc"))
@@ -34,12 +35,7 @@ NAMES = {
 
 
 def cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    mean = statistics.mean(values) * 100
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(values) * 100:.1f}"
+    return mean_std(values, scale=100, count=False)
 
 
 def table(path: Path) -> str:

@@ -16,6 +16,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from deeprecipe.sweep_summary import mean_std
+
 CELLS = ("similar_little", "different_little", "similar_lots", "different_lots")
 PROTOCOLS = ("scratch", "linear", "linear_stage2", "finetune_top", "finetune_all")
 NAMES = {
@@ -46,11 +48,7 @@ def load(path: Path) -> dict[tuple[str, str], list[float]]:
 
 
 def fmt(values: list[float]) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.1f} (n=1)"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+    return mean_std(values)
 
 
 def best(grouped: dict[tuple[str, str], list[float]], cell: str) -> str:

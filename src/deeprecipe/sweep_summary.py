@@ -161,6 +161,18 @@ def _group_over_seeds(
     return rows
 
 
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 1, count: bool = True) -> str:
+    """``values`` (times ``scale``) as "mean ± std (n=N)": the std only for two or more values,
+    the count when ``count``; "" for no values. The one format of every results table."""
+    if not values:
+        return ""
+    scaled = [v * scale for v in values]
+    text = f"{statistics.mean(scaled):.{digits}f}"
+    if len(scaled) > 1:
+        text += f" ± {statistics.stdev(scaled):.{digits}f}"
+    return text + (f" (n={len(scaled)})" if count else "")
+
+
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -238,13 +250,7 @@ def pivot(
     counts = {len(v) for v in cells.values()}
 
     def cell(values: list[float] | None) -> str:
-        if not values:
-            return ""
-        mean = statistics.mean(values)
-        text = f"{mean:.{digits}f}"
-        if len(values) > 1:
-            text += f" ± {statistics.stdev(values):.{digits}f}"
-        return text + (f" (n={len(values)})" if len(counts) > 1 else "")
+        return mean_std(values or [], digits=digits, count=len(counts) > 1)
 
     header = [f"{rows} / {columns}", *column_values]
     body = [[row, *(cell(cells.get((row, c))) for c in column_values)] for row in row_values]
