@@ -1,9 +1,10 @@
-"""Table of experiments/ssl/ssl_study.sh's results.jsonl as Markdown (mean +- std over seeds).
+"""Table of experiments/ssl/ssl_study.sh's results.jsonl as Markdown (mean ± std over seeds).
 
     python experiments/ssl/summarize.py OUT_DIR/results.jsonl
 
 Columns: kNN (val/knn_acc of the frozen backbone, 5,000 validation images), linear probe, and
-fine-tuning on 1% / 10% of the labels (test accuracy, 10,000 images), in %. A later record of
+fine-tuning on 1% / 10% of the labels (backbone at 1/10 of the head's rate) and on 10% at one
+rate for every layer (test accuracy, 10,000 images), in %. A later record of
 the same (method, protocol, seed) replaces an earlier one (a re-run of the driver records the
 finished runs again).
 """
@@ -18,6 +19,7 @@ from deeprecipe.sweep_summary import mean_std
 
 COLUMNS = (("knn", "linear", "val/knn_acc"), ("linear", "linear", "test/acc"))
 COLUMNS += (("1% labels", "ft1", "test/acc"), ("10% labels", "ft10", "test/acc"))
+COLUMNS += (("10%, uniform lr", "ft10u", "test/acc"),)
 ORDER = ("scratch", "random", "rotation", "jigsaw", "context", "simclr", "moco", "byol")
 ORDER += ("barlow_twins", "mae")
 NAMES = {

@@ -5,7 +5,7 @@
 # (+experiment=transfer_source, one per seed). Targets (+experiment=transfer_target):
 #   similar    Fashion-MNIST classes 5-9 (same imaging, classes the source never saw)
 #   different  scikit-learn's 8x8 handwritten digits, upsampled to 28 px (data=digits)
-#   little     10 labelled images per class;   lots: every training image (25,000 / 1,293)
+#   little     10 labelled images per class;   lots: every training image (25,000 / 1,295)
 # Protocols, equal steps within a cell: scratch (random init), linear (frozen, final features),
 # linear_stage2 (frozen, layer2's pooled output), finetune_top (layer3 + head trained),
 # finetune_all (every layer, backbone at 1/10 of the head's learning rate).
