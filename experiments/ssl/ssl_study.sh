@@ -35,24 +35,7 @@ python=${PYTHON:-.venv/bin/python}
 read -r -a extra <<< "${EXTRA:-}"
 common=(trainer.enable_progress_bar=false logger=csv "${extra[@]}")
 mkdir -p "$out"
-
-record() {  # record METHOD PROTOCOL SEED RUN_DIR
-    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
-import json, sys
-from pathlib import Path
-method, protocol, seed, run_dir = sys.argv[1:]
-metrics = json.loads(Path(run_dir, "metrics.json").read_text())
-keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-keep.update(wall_time_s=metrics.get("wall_time_s"), params=metrics.get("params"))
-print(json.dumps({"method": method, "protocol": protocol, "seed": int(seed), **keep}))
-PY
-}
-
-run() {  # run RUN_DIR ARGS...: python run.py ARGS unless RUN_DIR holds a finished run
-    local dir=$1
-    shift
-    [ -f "$dir/metrics.json" ] || "$python" run.py "$@" "${common[@]}" hydra.run.dir="$dir"
-}
+source "$(dirname "$0")/../lib.sh"  # run, record
 
 for seed in $seeds; do
     for split in 1:60:$ft1_epochs:64 10:600:$ft10_epochs:128; do
@@ -60,9 +43,9 @@ for seed in $seeds; do
         dir=$out/scratch$percent/$seed
         run "$dir" +experiment=hashtag_scratch model=resnet9 model.width=$width seed=$seed \
             data.labels_per_class=$per_class data.batch_size=$batch trainer.max_epochs=$epochs
-        record scratch ft$percent $seed "$dir"
+        record "$dir" method=scratch protocol=ft$percent seed=$seed
         # scratch trains every layer at one rate: it is also the uniform-lr row's reference
-        if [ "$percent" = 10 ]; then record scratch ft10u $seed "$dir"; fi
+        if [ "$percent" = 10 ]; then record "$dir" method=scratch protocol=ft10u seed=$seed; fi
     done
     for method in $methods; do
         model=(model.width=$width)
@@ -75,14 +58,14 @@ for seed in $seeds; do
             pre=$out/pretrain/$method/$seed
             run "$pre" +experiment=${method}_pretrain "${model[@]}" seed=$seed \
                 trainer.max_epochs=-1 trainer.max_steps=$steps scheduler.warmup_steps=$warmup
-            record "$method" pretrain $seed "$pre"
+            record "$pre" method=$method protocol=pretrain seed=$seed
             checkpoint=$pre/checkpoints/last.ckpt
         fi
         dir=$out/linear/$method/$seed
         run "$dir" +experiment=${eval_as}_linear pretraining_checkpoint="$checkpoint" \
             "${model[@]}" seed=$seed trainer.max_epochs=$linear_epochs callbacks=ssl \
             callbacks.knn.every_n_epochs=$linear_epochs
-        record "$method" linear $seed "$dir"
+        record "$dir" method=$method protocol=linear seed=$seed
         for split in 1:60:$ft1_epochs:64:0.1 10:600:$ft10_epochs:128:0.1 \
             10u:600:$ft10_epochs:128:1.0; do
             IFS=: read -r percent per_class epochs batch scale <<< "$split"
@@ -90,7 +73,7 @@ for seed in $seeds; do
             run "$dir" +experiment=${eval_as}_finetune pretraining_checkpoint="$checkpoint" \
                 "${model[@]}" seed=$seed data.labels_per_class=$per_class \
                 data.batch_size=$batch trainer.max_epochs=$epochs method.backbone_lr_scale=$scale
-            record "$method" ft$percent $seed "$dir"
+            record "$dir" method=$method protocol=ft$percent seed=$seed
         done
     done
 done

@@ -21,39 +21,22 @@ python=${PYTHON:-.venv/bin/python}
 read -r -a extra <<< "${EXTRA:-}"
 common=(trainer.enable_progress_bar=false logger=csv "${extra[@]}")
 mkdir -p "$out"
-
-record() {  # record ROW CLIPS SEED RUN_DIR
-    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
-import json, sys
-from pathlib import Path
-row, clips, seed, run_dir = sys.argv[1:]
-metrics = json.loads(Path(run_dir, "metrics.json").read_text())
-keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-keep.update(wall_time_s=metrics.get("wall_time_s"))
-print(json.dumps({"row": row, "clips": int(clips), "seed": int(seed), **keep}))
-PY
-}
-
-run() {  # run RUN_DIR ARGS...: python run.py ARGS unless RUN_DIR holds a finished run
-    local dir=$1
-    shift
-    [ -f "$dir/metrics.json" ] || "$python" run.py "$@" "${common[@]}" hydra.run.dir="$dir"
-}
+source "$(dirname "$0")/../lib.sh"  # run, record
 
 for seed in $seeds; do
     pre=$out/pretrain/$seed
     run "$pre" +experiment=temporal_order_pretrain seed=$seed
-    record pretrain 0 "$seed" "$pre"
+    record "$pre" row=pretrain clips=0 seed=$seed
     for budget in $labels; do
         IFS=: read -r clips epochs every <<< "$budget"
         data=(data.train_clips=$clips trainer.max_epochs=$epochs
               trainer.check_val_every_n_epoch=$every seed=$seed)
         dir=$out/scratch/$clips/$seed
         run "$dir" +experiment=temporal_order_scratch "${data[@]}"
-        record scratch "$clips" "$seed" "$dir"
+        record "$dir" row=scratch clips=$clips seed=$seed
         dir=$out/finetune/$clips/$seed
         run "$dir" +experiment=temporal_order_finetune \
             pretraining_checkpoint="$pre/checkpoints/last.ckpt" "${data[@]}"
-        record finetune "$clips" "$seed" "$dir"
+        record "$dir" row=finetune clips=$clips seed=$seed
     done
 done

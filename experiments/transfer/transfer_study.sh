@@ -24,24 +24,7 @@ python=${PYTHON:-.venv/bin/python}
 read -r -a extra <<< "${EXTRA:-}"
 common=(trainer.enable_progress_bar=false logger=csv model=resnet9 model.width=$width "${extra[@]}")
 mkdir -p "$out"
-
-record() {  # record CELL PROTOCOL SEED RUN_DIR
-    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
-import json, sys
-from pathlib import Path
-cell, protocol, seed, run_dir = sys.argv[1:]
-metrics = json.loads(Path(run_dir, "metrics.json").read_text())
-keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-keep.update(wall_time_s=metrics.get("wall_time_s"))
-print(json.dumps({"cell": cell, "protocol": protocol, "seed": int(seed), **keep}))
-PY
-}
-
-run() {  # run RUN_DIR ARGS...: python run.py ARGS unless RUN_DIR holds a finished run
-    local dir=$1
-    shift
-    [ -f "$dir/metrics.json" ] || "$python" run.py "$@" "${common[@]}" hydra.run.dir="$dir"
-}
+source "$(dirname "$0")/../lib.sh"  # run, record
 
 for seed in $seeds; do
     source=$out/source/$seed
@@ -73,7 +56,7 @@ for seed in $seeds; do
             dir=$out/$cell/$protocol/$seed
             run "$dir" +experiment=transfer_target pretraining_checkpoint="$ckpt" seed=$seed \
                 "${data[@]}" "${budget[@]}" "${how[@]}"
-            record "$cell" "$protocol" "$seed" "$dir"
+            record "$dir" cell=$cell protocol=$protocol seed=$seed
         done
     done
 done

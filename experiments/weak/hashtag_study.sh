@@ -12,7 +12,7 @@
 # pretraining warm-up, one epoch for the others), under which width 16 failed to train.
 # Usage (from the repository root):
 #   [WARMUP=N] [FT_WARMUP=N] experiments/weak/hashtag_study.sh OUT_DIR "SEEDS" [STEPS] ["CAPACITIES"]
-# Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl.
+# Results: one JSON line per fine-tune/scratch run in OUT_DIR/results.jsonl (experiments/lib.sh).
 set -euo pipefail
 out=${1:?output dir}
 seeds=${2:-"0 1 2"}
@@ -23,41 +23,29 @@ ft_warmup=${FT_WARMUP:-27}
 python=${PYTHON:-.venv/bin/python}
 common=(trainer.enable_progress_bar=false logger=csv)
 mkdir -p "$out"
-
-record() {  # record ROW CAPACITY POOL SEED RUN_DIR
-    "$python" - "$@" >> "$out/results.jsonl" <<'PY'
-import json, sys
-from pathlib import Path
-row, capacity, pool, seed, run_dir = sys.argv[1:]
-metrics = json.loads(Path(run_dir, "metrics.json").read_text())
-keep = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/")) or k == "wall_time_s"}
-print(json.dumps({"row": row, "capacity": capacity, "pool": float(pool), "seed": int(seed), **keep}))
-PY
-}
+source "$(dirname "$0")/../lib.sh"  # run, record
 
 for seed in $seeds; do
     for capacity in $capacities; do
         model=(model=resnet9 model.width=$capacity)
         dir=$out/scratch/w$capacity/$seed
-        [ -f "$dir/metrics.json" ] || "$python" run.py +experiment=hashtag_scratch "${model[@]}" \
-            seed=$seed scheduler.warmup_steps=$ft_warmup "${common[@]}" hydra.run.dir="$dir"
-        record scratch $capacity 0 $seed "$dir"
+        run "$dir" +experiment=hashtag_scratch "${model[@]}" seed=$seed \
+            scheduler.warmup_steps=$ft_warmup
+        record "$dir" row=scratch capacity=$capacity pool=0.0 seed=$seed
         for space_pool in designed:0.1 designed:0.3 designed:1.0 raw:1.0; do
             space=${space_pool%%:*}
             pool=${space_pool##*:}
             data=fashion_mnist_hashtags
             [ "$space" = raw ] && data=fashion_mnist_hashtags_raw
             pre=$out/pretrain/$space/w$capacity/pool$pool/$seed
-            [ -f "$pre/metrics.json" ] || "$python" run.py +experiment=hashtag_pretrain \
-                data=$data data.pool_fraction=$pool "${model[@]}" seed=$seed \
-                trainer.max_epochs=-1 trainer.max_steps=$steps scheduler=cosine \
-                scheduler.warmup_steps=$warmup "${common[@]}" \
-                hydra.run.dir="$pre"
+            run "$pre" +experiment=hashtag_pretrain data=$data data.pool_fraction=$pool \
+                "${model[@]}" seed=$seed trainer.max_epochs=-1 trainer.max_steps=$steps \
+                scheduler=cosine scheduler.warmup_steps=$warmup
             fine=$out/finetune/$space/w$capacity/pool$pool/$seed
-            [ -f "$fine/metrics.json" ] || "$python" run.py +experiment=hashtag_finetune \
+            run "$fine" +experiment=hashtag_finetune \
                 pretraining_checkpoint="$pre/checkpoints/last.ckpt" "${model[@]}" seed=$seed \
-                scheduler.warmup_steps=$ft_warmup "${common[@]}" hydra.run.dir="$fine"
-            record "pretrain_$space" $capacity $pool $seed "$fine"
+                scheduler.warmup_steps=$ft_warmup
+            record "$fine" row=pretrain_$space capacity=$capacity pool=$pool seed=$seed
         done
     done
 done
