@@ -101,3 +101,90 @@ def test_hashtag_summary_reads_what_record_writes(tmp_path):
     ).stdout
     assert "| trained on the 1% alone (600 labels) | 70.5 ± 0.7 (n=2) |" in summary
     assert "| hashtags, designed label space, 100% of the pool | 80.5 ± 0.7 (n=2) |" in summary
+
+
+def fake_python(tmp_path: Path) -> Path:
+    """A python that records its training arguments and writes the run dir's metrics.json
+    (and runs the real interpreter for record's script on stdin)."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        f'[ "$1" = - ] && exec {sys.executable} "$@"\n'
+        'printf "%s\\n" "$*" >> "$(dirname "$0")/calls.txt"\n'
+        'for a in "$@"; do case $a in hydra.run.dir=*) d=${a#hydra.run.dir=};; esac; done\n'
+        'mkdir -p "$d"; echo \'{"test/acc": 0.5, "val/acc": 0.5}\' > "$d/metrics.json"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_semi_driver_runs_every_row_with_the_study_budget_and_records_it(tmp_path):
+    fake = fake_python(tmp_path)
+    driver = ROOT / "experiments/semi/semi_study.sh"
+    result = subprocess.run(
+        [str(driver), str(tmp_path / "out"), "3", "4 25", "full supervised fixmatch"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "STEPS": "100", "WIDTH": "8"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 5  # full once, then supervised and fixmatch at two counts
+    assert all("trainer.max_steps=100 trainer.val_check_interval=10" in c for c in calls)
+    assert all("model.width=8" in c and "seed=3" in c for c in calls)
+    assert "+semi=fixmatch data.labels_per_class=25" in calls[-1]
+    assert f"hydra.run.dir={tmp_path}/out/fixmatch/25/3" in calls[-1]
+    records = [json.loads(x) for x in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    assert [(r["row"], r["labels_per_class"]) for r in records] == [
+        ("full", 0),
+        ("supervised", 4),
+        ("supervised", 25),
+        ("fixmatch", 4),
+        ("fixmatch", 25),
+    ]
+
+
+def test_semi_driver_rejects_an_unknown_row(tmp_path):
+    result = subprocess.run(
+        [str(ROOT / "experiments/semi/semi_study.sh"), str(tmp_path / "out"), "0", "4", "fixmach"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake_python(tmp_path))},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "unknown row 'fixmach'" in result.stderr
+
+
+def test_semi_summary_reads_what_record_writes(tmp_path):
+    out = tmp_path / "out"
+    accs = {("supervised", 25): 0.60, ("fixmatch", 25): 0.80, ("fixmatch", 100): 0.86}
+    accs[("full_tuned", 0)] = 0.92
+    for (row, count), acc in accs.items():
+        for seed in (0, 1):
+            run_dir = finished_run(
+                out / row / str(count) / str(seed), **{"test/acc": acc + seed / 100}
+            )
+            result = bash(
+                f"record {run_dir} row={row} labels_per_class={count} seed={seed}", tmp_path
+            )
+            assert result.returncode == 0, result.stderr
+    log = out / "fixmatch/25/0/csv/metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "epoch,train/mask_rate,train/pseudo_acc,val/acc\n0,0.5,0.9,\n0,,,0.7\n1,0.75,0.95,\n"
+    )
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "experiments/semi/summarize.py"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| FixMatch | 80.5 ± 0.7 (n=2) | 86.5 ± 0.7 (n=2) |" in summary
+    assert "| supervised-only (labelled subset) | 60.5 ± 0.7 (n=2) |  |" in summary
+    assert "| FixMatch | 20.0 ± 0.0 (n=2) |  |" in summary  # paired gain at 25/class
+    assert "at 25/class: 20.0 ± 0.0 (n=2) points (goal >= +15): **met**" in summary
+    assert "(goal within 5 (>= -5)): **NOT met**" in summary  # 86.5 vs 92.5 at 100/class
+    assert "| FixMatch | 25 | 75.0 (n=1) | 95.0 (n=1) |" in summary
+    # the pseudo-label figures survive the run folders (the committed copy keeps the JSON only)
+    assert (out / "pseudo_results.jsonl").exists()

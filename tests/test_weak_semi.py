@@ -323,6 +323,7 @@ def test_weak_study_loss_group_replaces_the_method_loss(make_cfg, loss):
         ("pseudo_label", "SemiFashionMNISTDataModule", "PseudoLabel"),
         ("fixmatch", "SemiFashionMNISTDataModule", "FixMatch"),
         ("mean_teacher", "SemiFashionMNISTDataModule", "MeanTeacher"),
+        ("self_training", "SelfTrainingFashionMNISTDataModule", "SelfTraining"),
     ],
 )
 def test_semi_study_rows_compose(make_cfg, row, data_type, method_name):
@@ -330,6 +331,8 @@ def test_semi_study_rows_compose(make_cfg, row, data_type, method_name):
     assert cfg.data._target_.endswith(data_type) and cfg.method._target_.endswith(method_name)
     assert cfg.data.labels_per_class == 4 and cfg.data.batch_size == 64
     assert cfg.trainer.max_steps == 2460 and cfg.trainer.check_val_every_n_epoch is None
+    # only the self-training row runs rounds (run.py hands it to deeprecipe.self_training)
+    assert (cfg.get("self_training") is not None) == (row == "self_training")
 
 
 def test_semi_study_supervised_row_fills_batches_from_40_labels(make_cfg):
