@@ -131,7 +131,10 @@ def test_semi_driver_runs_every_row_with_the_study_budget_and_records_it(tmp_pat
     assert result.returncode == 0, result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 5  # full once, then supervised and fixmatch at two counts
-    assert all("trainer.max_steps=100 trainer.val_check_interval=10" in c for c in calls)
+    assert all(
+        "trainer.max_steps=100 trainer.val_check_interval=10 scheduler.warmup_steps=10" in c
+        for c in calls
+    )
     assert all("model.width=8" in c and "seed=3" in c for c in calls)
     assert "+semi=fixmatch data.labels_per_class=25" in calls[-1]
     assert f"hydra.run.dir={tmp_path}/out/fixmatch/25/3" in calls[-1]

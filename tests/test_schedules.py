@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from deeprecipe import schedules
 from deeprecipe.errors import ConfigError
+from deeprecipe.methods.optimization import configure_optimization
 
 
 def lrs(factory, total=100, steps_per_epoch=10, **kwargs):
@@ -98,3 +102,44 @@ def test_bad_warmup_steps():
             lrs(schedules.cosine, warmup_steps=bad)
     with pytest.raises(ConfigError, match="scheduler.warmup_steps"):
         lrs(schedules.cosine_restarts, cycles=2, warmup_steps=-3)
+
+
+class _Tiny(L.LightningModule):
+    """A linear model whose configure_optimizers is the suite's, recording the rate per step."""
+
+    def __init__(self, scheduler):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.scheduler = scheduler
+        self.rates: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.rates.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        optimizer = partial(torch.optim.SGD, lr=1.0)
+        return configure_optimization(self, optimizer, self.scheduler, decay_norm_and_bias=True)
+
+
+@pytest.mark.parametrize(("max_epochs", "max_steps"), [(-1, 30), (3, -1)])
+def test_warmup_epochs_count_the_real_epoch_when_the_run_is_bounded_by_steps(max_epochs, max_steps):
+    # 50 samples in batches of 5: an epoch is 10 steps, whether the run is bounded by steps
+    # (Lightning then never loads the data to estimate the run: one epoch used to count as one
+    # step) or by epochs
+    data = DataLoader(TensorDataset(torch.randn(50, 2)), batch_size=5)
+    module = _Tiny(partial(schedules.cosine, warmup_epochs=1.0))
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, data)
+    assert len(module.rates) == 30
+    # linear warm-up over the first 10 steps, then the half cosine over the last 20
+    assert module.rates[:10] == pytest.approx([(i + 1) / 10 for i in range(10)], abs=0.11)
+    assert module.rates[9] > module.rates[5] > module.rates[1]
+    assert module.rates[10] == pytest.approx(1.0, abs=0.02) and module.rates[-1] < 0.05

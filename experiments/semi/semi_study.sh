@@ -12,11 +12,13 @@
 #   full_tuned     every training label under the default recipe (+experiment=fashion_resnet9:
 #                  10 epochs of batch 256, one-cycle), the converged ceiling
 # All rows run STEPS optimizer steps (each with one labelled batch of 64; the semi rows add
-# mu = 7 unlabelled images per labelled one) with the same cosine schedule, ResNet-9 of WIDTH.
+# mu = 7 unlabelled images per labelled one) with the same cosine schedule after a linear
+# warm-up of WARMUP steps (default: a tenth of the run; WARMUP=1 starts at the peak rate, as
+# FixMatch does), ResNet-9 of WIDTH.
 # A re-run skips finished runs and records them again (experiments/lib.sh): read results by
 # their keys. Several drivers may share OUT_DIR at once when their runs differ.
 # Usage (from the repository root):
-#   [STEPS=2460] [WIDTH=16] experiments/semi/semi_study.sh OUT_DIR "SEEDS" "COUNTS" "ROWS"
+#   [STEPS=2460] [WIDTH=16] [WARMUP=STEPS/10] experiments/semi/semi_study.sh OUT_DIR "SEEDS" "COUNTS" "ROWS"
 # e.g. experiments/semi/semi_study.sh runs/semi "0 1 2" "4 25 100" \
 #        "full full_tuned supervised pseudo_label fixmatch mean_teacher self_training"
 # Results: one JSON line per run in OUT_DIR/results.jsonl; summary: summarize.py OUT_DIR.
@@ -28,10 +30,13 @@ rows=${4:-"full full_tuned supervised pseudo_label fixmatch mean_teacher self_tr
 steps=${STEPS:-2460}
 width=${WIDTH:-16}
 python=${PYTHON:-.venv/bin/python}
-# validate ten times per run, whatever an epoch is
+# validate ten times per run; warm up for WARMUP steps in every row, whatever an epoch is
+# (123 steps for the semi rows, 860 for every label, more for a self-training student)
+tenth=$(( steps / 10 > 0 ? steps / 10 : 1 ))
+warmup=${WARMUP:-$tenth}
 common=(trainer.enable_progress_bar=false logger=csv model.width=$width)
-study=(+experiment=semi_study trainer.max_steps=$steps
-       trainer.val_check_interval=$(( steps / 10 > 0 ? steps / 10 : 1 )))
+study=(+experiment=semi_study trainer.max_steps=$steps trainer.val_check_interval=$tenth
+       scheduler.warmup_steps=$warmup)
 mkdir -p "$out"
 source "$(dirname "$0")/../lib.sh"  # run, record
 
@@ -41,7 +46,8 @@ for seed in $seeds; do
             full)
                 dir=$out/full/$seed
                 run "$dir" "${study[@]}" +semi=full seed=$seed
-                record "$dir" row=full labels_per_class=0 steps=$steps width=$width seed=$seed
+                record "$dir" row=full labels_per_class=0 steps=$steps width=$width \
+                    warmup=$warmup seed=$seed
                 ;;
             full_tuned)
                 dir=$out/full_tuned/$seed

@@ -127,8 +127,23 @@ def configure_optimization(
             "The learning-rate schedule needs a known length: set trainer.max_epochs or "
             "trainer.max_steps (trainer.max_time alone leaves it unknown)."
         )
-    batches = trainer.num_training_batches  # known once estimated_stepping_batches ran
+    batches = trainer.num_training_batches  # known once estimated_stepping_batches loaded it
+    if not math.isfinite(batches) and trainer.max_epochs == -1:
+        # With max_steps and max_epochs=-1 Lightning returns max_steps without loading the
+        # training data, so the epoch length (for scheduler.warmup_epochs, epoch-based decays)
+        # was unknown here and an epoch silently counted as one step. Load it now, as Lightning
+        # itself does for an epoch-bounded run.
+        trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
     accumulate = trainer.accumulate_grad_batches
-    steps_per_epoch = max(1, math.ceil(batches / accumulate)) if math.isfinite(batches) else 1
+    if math.isfinite(batches):
+        steps_per_epoch = max(1, math.ceil(batches / accumulate))
+    else:
+        steps_per_epoch = 1
+        log.warning(
+            "The training data has no length (an iterable dataset): the schedule counts one "
+            "step per epoch, so scheduler.warmup_epochs and epoch-based decays mean steps; set "
+            "scheduler.warmup_steps to count the warm-up in iterations."
+        )
     schedule = scheduler(built, total_steps=int(total_steps), steps_per_epoch=steps_per_epoch)
     return {"optimizer": built, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
