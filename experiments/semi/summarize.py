@@ -38,10 +38,12 @@ NAMES = {
     "full": "full supervision, same steps and batch",
     "full_tuned": "full supervision, default recipe (10 epochs, batch 256)",
 }
-# issue 6's goals: (row, count, reference row, reference count, least gain in points)
+# issue 6's goals: (row, count, reference row, reference count, least gain in points); the
+# ceiling goal against both ceilings (the converged one is the stricter)
 GOALS = (
     ("fixmatch", 25, "supervised", 25, 15.0),
     ("fixmatch", 100, "full_tuned", 0, -5.0),
+    ("fixmatch", 100, "full", 0, -5.0),
 )
 
 
