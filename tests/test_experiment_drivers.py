@@ -4,6 +4,7 @@ read what record writes."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,5 +190,18 @@ def test_semi_summary_reads_what_record_writes(tmp_path):
     assert "at 25/class: 20.0 ± 0.0 (n=2) points (goal >= +15): **met**" in summary
     assert "(goal within 5 (>= -5)): **NOT met**" in summary  # 86.5 vs 92.5 at 100/class
     assert "| FixMatch | 25 | 75.0 (n=1) | 95.0 (n=1) |" in summary
-    # the pseudo-label figures survive the run folders (the committed copy keeps the JSON only)
+    # the pseudo-label figures survive the run folders (the committed copy keeps the JSON only),
+    # also when a later summary reads other runs afresh
     assert (out / "pseudo_results.jsonl").exists()
+    shutil.rmtree(out / "fixmatch/25/0/csv")
+    log = out / "fixmatch/100/1/csv/metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch,train/mask_rate,train/pseudo_acc\n0,0.25,0.5\n")
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "experiments/semi/summarize.py"), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "| FixMatch | 25 | 75.0 (n=1) | 95.0 (n=1) |" in summary
+    assert "| FixMatch | 100 | 25.0 (n=1) | 50.0 (n=1) |" in summary

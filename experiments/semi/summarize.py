@@ -67,41 +67,54 @@ def last_logged(csv_path: Path, keys: tuple[str, ...]) -> dict[str, float]:
     return found
 
 
+def pseudo_from_run(run_dir: Path, row: str) -> dict | None:
+    """Mask rate and pseudo-label accuracy of one finished run folder, None when absent."""
+    if row == "self_training":
+        metrics_file = run_dir / "metrics.json"
+        if not metrics_file.exists():
+            return None
+        rounds = json.loads(metrics_file.read_text()).get("rounds", [])
+        labelled = [r for r in rounds if r.get("pseudo/mask_rate") is not None]
+        if not labelled:
+            return None
+        return {
+            "mask_rate": labelled[-1]["pseudo/mask_rate"],
+            "pseudo_acc": labelled[-1]["pseudo/acc"],
+        }
+    logs = sorted(run_dir.glob("csv/**/metrics.csv"))
+    if not logs:
+        return None
+    found = last_logged(logs[-1], ("train/mask_rate", "train/pseudo_acc"))
+    if "train/mask_rate" not in found:
+        return None
+    return {"mask_rate": found["train/mask_rate"], "pseudo_acc": found.get("train/pseudo_acc")}
+
+
 def load_pseudo(out: Path, records: dict[tuple[str, int, int], dict]) -> list[dict]:
-    """Pseudo-label figures per semi run, from the run folders when present, else the cache."""
+    """Pseudo-label figures per semi run: from its run folder when present, else from the cache.
+
+    The cache (OUT_DIR/pseudo_results.jsonl) is rewritten with the merged figures, so runs whose
+    folders are gone keep their cached line next to the runs read afresh.
+    """
     cache = out / "pseudo_results.jsonl"
+    cached: dict[tuple[str, int, int], dict] = {}
+    if cache.exists():
+        for text in cache.read_text().splitlines():
+            if text.strip():
+                line = json.loads(text)
+                cached[line["row"], line["labels_per_class"], line["seed"]] = line
     lines = []
     for row, count, seed in sorted(records):
         if row not in SEMI_ROWS:
             continue
-        run_dir = out / row / str(count) / str(seed)
-        line = {"row": row, "labels_per_class": count, "seed": seed}
-        if row == "self_training":
-            metrics_file = run_dir / "metrics.json"
-            if not metrics_file.exists():
-                continue
-            rounds = json.loads(metrics_file.read_text()).get("rounds", [])
-            labelled = [r for r in rounds if r.get("pseudo/mask_rate") is not None]
-            if not labelled:
-                continue
-            line.update(mask_rate=labelled[-1]["pseudo/mask_rate"])
-            line.update(pseudo_acc=labelled[-1]["pseudo/acc"])
-        else:
-            logs = sorted(run_dir.glob("csv/**/metrics.csv"))
-            if not logs:
-                continue
-            found = last_logged(logs[-1], ("train/mask_rate", "train/pseudo_acc"))
-            if "train/mask_rate" not in found:
-                continue
-            line.update(mask_rate=found["train/mask_rate"])
-            line.update(pseudo_acc=found.get("train/pseudo_acc"))
-        lines.append(line)
+        figures = pseudo_from_run(out / row / str(count) / str(seed), row)
+        if figures is not None:
+            lines.append({"row": row, "labels_per_class": count, "seed": seed, **figures})
+        elif (row, count, seed) in cached:
+            lines.append(cached[row, count, seed])
     if lines:
         cache.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        return lines
-    if cache.exists():
-        return [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
-    return []
+    return lines
 
 
 def cell(values: list[float]) -> str:
