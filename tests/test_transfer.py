@@ -5,6 +5,7 @@ checkpoints and timm weights, and the SSL experiment configs (pretrain, linear, 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from deeprecipe.methods import LinearProbe, Supervised
 from deeprecipe.methods.linear_probe import stage_features
 from deeprecipe.methods.optimization import parameter_groups
 from deeprecipe.models import ResNet9
+from deeprecipe.models.compiled import compile_method
 from deeprecipe.models.vit import VisionTransformer
 from deeprecipe.train import build, user_error
 
@@ -368,6 +370,39 @@ def test_compile_keeps_the_checkpoint_keys(make_cfg):
     _, compiled, _ = build(make_cfg("data=digits", "model=mlp", "compile=true"))
     assert list(compiled.state_dict()) == list(plain.state_dict())
     assert hasattr(compiled.backbone.forward_features, "_torchdynamo_orig_callable")
+
+
+@pytest.mark.parametrize(
+    ("experiment", "copies"),
+    [
+        ("byol_pretrain", ("momentum_backbone",)),
+        ("moco_pretrain", ("momentum_backbone",)),
+        ("mean_teacher_fashion", ("teacher_backbone",)),
+    ],
+)
+def test_compiled_backbone_copies_run_their_own_weights(make_cfg, experiment, copies):
+    """Momentum networks and teachers of a compiled backbone compile THEIR forward, not the
+    online one's (a plain compiled function survives deepcopy bound to the original)."""
+    overrides = [f"+experiment={experiment}", "data=digits", "model=mlp", "compile=true"]
+    _, method, _ = build(make_cfg(*overrides))
+    assert method.backbone.forward_features.owner is method.backbone
+    for name in copies:
+        copy_ = getattr(method, name)
+        assert copy_.forward_features.owner is copy_
+    ema_copy = copy.deepcopy(method)  # what the EMA callback makes
+    assert ema_copy.backbone.forward_features.owner is ema_copy.backbone
+
+
+def test_compiled_method_follows_a_deep_copy():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    compile_method(net, "forward", backend="eager")
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        twin[0].weight.zero_()
+        twin[0].bias.fill_(1.0)
+    x = torch.randn(2, 4)
+    assert torch.equal(twin.forward(x), torch.ones(2, 3))
+    assert torch.allclose(net.forward(x), nn.functional.linear(x, net[0].weight, net[0].bias))
 
 
 @pytest.mark.slow

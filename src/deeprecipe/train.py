@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -30,6 +29,7 @@ from deeprecipe import resume
 from deeprecipe.callbacks import LearningCurves, Throughput
 from deeprecipe.checkpoint_io import AtomicCheckpointIO
 from deeprecipe.errors import ConfigError, DeeprecipeError
+from deeprecipe.models.compiled import compile_method
 from deeprecipe.speed import fastest_precision
 from deeprecipe.transfer import load_backbone_weights
 
@@ -187,8 +187,9 @@ def build(
         # a later ckpt_path resume still restores the method's own state over them
         load_backbone_weights(backbone, pretrained)
     if cfg.get("compile"):
-        # compiles the bound method, not the module: state_dict keys stay `backbone.*`
-        backbone.forward_features = torch.compile(backbone.forward_features)  # type: ignore[method-assign]
+        # compiles the bound method, not the module: state_dict keys stay `backbone.*`; deep
+        # copies (momentum networks, teachers, EMA) get their own compiled method
+        compile_method(backbone, "forward_features")
     method = instantiate(
         cfg.method,
         backbone=backbone,
