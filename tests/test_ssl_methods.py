@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import lightning as L
 import pytest
 import torch
@@ -65,6 +67,30 @@ def test_pretraining_fast_dev_run(make_cfg, fashion, name):
         assert all(p.grad is None for p in momentum.parameters())
     result = fast_trainer().validate(method, datamodule=fashion, verbose=False)[0]
     assert 0.0 <= result["val/acc"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["byol", "moco"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_momentum_moves_once_per_optimizer_step(make_cfg, fashion, monkeypatch, name, accumulate):
+    """With gradient accumulation the target moves after each optimizer step, not each batch
+    (else momentum m would act as m**k per step)."""
+    module = importlib.import_module(f"deeprecipe.methods.{name}")
+    calls = []
+    monkeypatch.setattr(module, "ema_update_", lambda *args: calls.append(args[-1]))
+    method = build_method(make_cfg(f"method={name}", *SMALL))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(method, datamodule=fashion)
+    assert trainer.global_step == 2
+    assert len(calls) == 2 * 2  # per optimizer step: the backbone and the projector
 
 
 def test_views_need_augmentation(make_cfg):

@@ -29,6 +29,7 @@ from deeprecipe.losses import (
     symmetric_cross_entropy,
 )
 from deeprecipe.methods import MeanTeacher
+from deeprecipe.methods import mean_teacher as mean_teacher_module
 from deeprecipe.methods.semi_tools import linear_ramp, sigmoid_ramp
 
 # ------------------------------------------------------------------------------------ losses
@@ -277,6 +278,25 @@ def test_semi_methods_fast_dev_run(make_cfg, semi_fashion, method):
         teacher = torch.cat([p.flatten() for p in model.teacher_backbone.parameters()])
         student = torch.cat([p.flatten() for p in model.backbone.parameters()])
         assert not torch.equal(teacher, student)
+
+
+def test_mean_teacher_moves_once_per_optimizer_step(make_cfg, semi_fashion, monkeypatch):
+    calls = []
+    monkeypatch.setattr(mean_teacher_module, "ema_update_", lambda *args: calls.append(args[-1]))
+    cfg = make_cfg("method=mean_teacher", "data=fashion_mnist_semi", "model=lenet", "aug=weak")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        accumulate_grad_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(build(cfg), datamodule=semi_fashion)
+    # two optimizer steps (four batches): backbone and head once each per step, decay 1 - 1/(t+1)
+    assert calls == pytest.approx([0.5, 0.5, 2 / 3, 2 / 3])
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,17 @@ from torch import Tensor, nn
 from deeprecipe.batches import Labeled, Views
 from deeprecipe.losses import byol_loss
 from deeprecipe.methods.base import BaseMethod, OptimizerFactory, SchedulerFactory
-from deeprecipe.methods.momentum import cosine_momentum, ema_update_, momentum_copy
+from deeprecipe.methods.momentum import (
+    OncePerOptimizerStep,
+    cosine_momentum,
+    ema_update_,
+    momentum_copy,
+)
 from deeprecipe.methods.ssl_parts import augmented_views, check_augment, mlp, online_probe_loss
 from deeprecipe.models.base import Backbone
 
 
-class BYOL(BaseMethod):
+class BYOL(OncePerOptimizerStep, BaseMethod):
     """Online backbone + projector + predictor regress the target's projection; no negatives.
 
     The target (momentum) backbone and projector are exponential moving averages of the online
@@ -95,6 +100,8 @@ class BYOL(BaseMethod):
         return ssl_loss + probe_loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.optimizer_stepped():  # gradient accumulation: no step yet
+            return
         momentum = cosine_momentum(
             self.trainer.global_step, self.total_steps, self.base_momentum, self.final_momentum
         )

@@ -11,12 +11,12 @@ from torch import Tensor, nn
 from deeprecipe.batches import Semi, SemiViews
 from deeprecipe.errors import ConfigError
 from deeprecipe.methods.base import BaseMethod, OptimizerFactory, SchedulerFactory
-from deeprecipe.methods.momentum import ema_update_, momentum_copy
+from deeprecipe.methods.momentum import OncePerOptimizerStep, ema_update_, momentum_copy
 from deeprecipe.methods.semi_tools import PseudoLabelMetrics, check_fraction, sigmoid_ramp
 from deeprecipe.models.base import Backbone
 
 
-class MeanTeacher(BaseMethod):
+class MeanTeacher(OncePerOptimizerStep, BaseMethod):
     """Cross-entropy on labelled images plus consistency with an EMA teacher on unlabelled ones.
 
     The teacher is a copy of backbone and head whose weights follow the student's as an
@@ -140,6 +140,8 @@ class MeanTeacher(BaseMethod):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Move the teacher towards the student after each optimizer step."""
+        if not self.optimizer_stepped():  # gradient accumulation: no step yet
+            return
         decay = min(self.ema_decay, 1.0 - 1.0 / (self.global_step + 1))
         ema_update_(self.teacher_backbone, self.backbone, decay)
         ema_update_(self.teacher_head, self.head, decay)

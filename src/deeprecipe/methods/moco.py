@@ -13,12 +13,12 @@ from deeprecipe.errors import ConfigError
 from deeprecipe.losses import moco_infonce
 from deeprecipe.losses.ssl import gather_batches
 from deeprecipe.methods.base import BaseMethod, OptimizerFactory, SchedulerFactory
-from deeprecipe.methods.momentum import ema_update_, momentum_copy
+from deeprecipe.methods.momentum import OncePerOptimizerStep, ema_update_, momentum_copy
 from deeprecipe.methods.ssl_parts import augmented_views, check_augment, mlp, online_probe_loss
 from deeprecipe.models.base import Backbone
 
 
-class MoCo(BaseMethod):
+class MoCo(OncePerOptimizerStep, BaseMethod):
     """Momentum encoder + queue of negatives (v2: MLP projector, SimCLR augmentation).
 
     The key encoder (backbone + projector) is an EMA of the query encoder; the keys of each batch,
@@ -128,5 +128,7 @@ class MoCo(BaseMethod):
         self.queue_pointer.copy_((self.queue_pointer + len(keys)) % size)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.optimizer_stepped():  # gradient accumulation: no step yet
+            return
         ema_update_(self.momentum_backbone, self.backbone, self.momentum)
         ema_update_(self.momentum_projector, self.projector, self.momentum)

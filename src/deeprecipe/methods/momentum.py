@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -49,3 +49,23 @@ def cosine_momentum(step: int, total_steps: int, base: float, final: float = 1.0
     """
     progress = min(step / max(1, total_steps), 1.0)
     return final - (final - base) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class OncePerOptimizerStep:
+    """Mixin for a LightningModule whose momentum networks move once per OPTIMIZER step.
+
+    ``on_train_batch_end`` runs after every batch; with ``trainer.accumulate_grad_batches=k``
+    only every k-th batch ends with an optimizer step, and an update on each batch would turn a
+    momentum ``m`` into ``m**k`` per step. ``optimizer_stepped()`` is True in
+    ``on_train_batch_end`` only when the batch that just ended stepped the optimizer.
+    """
+
+    trainer: Any
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
+        self._global_step_at_batch_start = self.trainer.global_step
+        return super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
+
+    def optimizer_stepped(self) -> bool:
+        start = getattr(self, "_global_step_at_batch_start", None)
+        return start is None or self.trainer.global_step != start
