@@ -45,6 +45,35 @@ def test_step_multistep_exponential():
     assert values[5] == pytest.approx(0.5**0.5)  # smooth within the epoch
 
 
+def test_step_milestones_count_from_the_start_of_training():
+    """As torch's MultiStepLR/StepLR: a milestone is the epoch it names, warm-up or not."""
+    values = lrs(schedules.multistep, milestones=[2, 5], gamma=0.1, warmup_epochs=1.0)
+    assert values[9] == pytest.approx(1.0) and values[19] == pytest.approx(1.0)
+    assert values[20] == pytest.approx(0.1) and values[50] == pytest.approx(0.01)
+    values = lrs(schedules.step, step_epochs=3, gamma=0.5, warmup_epochs=1.0)
+    assert values[29:31] == pytest.approx([1.0, 0.5])
+
+
+def test_decay_that_never_happens_is_warned(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
+        lrs(schedules.multistep, milestones=[5, 8])  # 10 epochs of 10 steps: both apply
+        lrs(schedules.step, step_epochs=4)
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
+        lrs(schedules.multistep, milestones=[5, 10, 15])
+    assert "[10, 15] lie at or past the end of the run" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.schedules"):
+        lrs(schedules.step, step_epochs=10)
+    assert "never decays" in caplog.text
+    with pytest.raises(ConfigError, match="increasing order"):
+        lrs(schedules.multistep, milestones=[8, 5])
+    with pytest.raises(ConfigError, match="step_epochs=0"):
+        lrs(schedules.step, step_epochs=0)
+
+
 def test_linear_onecycle_constant_inverse_sqrt():
     values = lrs(schedules.linear, warmup_epochs=2.0)
     assert values[19] == pytest.approx(1.0) and values[-1] == pytest.approx(1 / 80)

@@ -30,8 +30,10 @@ class WarmupFactor:
     """Learning-rate factor at iteration ``step``: linear warmup, then the decay ``shape``.
 
     Shapes (``t`` = iterations since the warmup ended, ``T`` = iterations after warmup):
-    ``constant`` 1; ``step`` gamma^floor(t / step_size); ``multistep`` gamma^(milestones
-    passed); ``exponential`` gamma^t; ``cosine`` end + (1 - end)(1 + cos(pi t / T)) / 2;
+    ``constant`` 1; ``step`` gamma^floor(step / step_size); ``multistep`` gamma^(milestones
+    passed) (these two count from the start of training, as torch's StepLR and MultiStepLR
+    do, so a milestone is the epoch it names); ``exponential`` gamma^t; ``cosine``
+    end + (1 - end)(1 + cos(pi t / T)) / 2;
     ``linear`` 1 - (1 - end) t / T; ``inverse_sqrt`` sqrt(timescale / (timescale + t));
     ``cosine_restarts`` the cosine within each of ``cycles`` equal cycles that split T, cycle k
     covering ``ceil(k T / cycles) <= t < ceil((k + 1) T / cycles)``.
@@ -55,9 +57,9 @@ class WarmupFactor:
         if self.shape == "constant":
             return 1.0
         if self.shape == "step":
-            return self.gamma ** (t // self.step_size)
+            return self.gamma ** (step // self.step_size)
         if self.shape == "multistep":
-            return self.gamma ** sum(t >= m for m in self.milestones)
+            return self.gamma ** sum(step >= m for m in self.milestones)
         if self.shape == "exponential":
             return self.gamma**t
         if self.shape == "cosine":
@@ -163,8 +165,21 @@ def step(
     warmup_epochs: float = 0.0,
     warmup_steps: int | None = None,
 ) -> LambdaLR:
-    """Multiply the rate by ``gamma`` every ``step_epochs`` epochs."""
+    """Multiply the rate by ``gamma`` every ``step_epochs`` epochs (from the start of training).
+
+    A step as long as the run never decays the rate: that is warned about.
+    """
+    if step_epochs <= 0:
+        raise ConfigError(f"scheduler.step_epochs={step_epochs}; it must be > 0.")
     step_size = max(1, _steps(step_epochs, steps_per_epoch))
+    if step_size >= total_steps > 1:
+        log.warning(
+            "scheduler.step_epochs=%s is %d steps, at least the whole run (%d steps): the "
+            "learning rate never decays. Lower scheduler.step_epochs.",
+            step_epochs,
+            step_size,
+            total_steps,
+        )
     return _build(
         optimizer,
         total_steps,
@@ -186,8 +201,25 @@ def multistep(
     warmup_epochs: float = 0.0,
     warmup_steps: int | None = None,
 ) -> LambdaLR:
-    """Multiply the rate by ``gamma`` at each milestone (epochs after warmup)."""
+    """Multiply the rate by ``gamma`` at each milestone (epochs from the start of training).
+
+    Milestones at or past the end of the run never apply: that is warned about.
+    """
+    if any(m <= 0 for m in milestones) or list(milestones) != sorted(milestones):
+        raise ConfigError(
+            f"scheduler.milestones={list(milestones)}; they must be epochs > 0 in increasing "
+            "order, e.g. [30, 60, 80] for a 90-epoch run."
+        )
     marks = [_steps(m, steps_per_epoch) for m in milestones]
+    late = [m for m, mark in zip(milestones, marks, strict=True) if mark >= total_steps]
+    if late and total_steps > 1:
+        log.warning(
+            "scheduler.milestones %s lie at or past the end of the run (%d steps, %.4g epochs): "
+            "the rate is never multiplied by gamma there. Lower them.",
+            late,
+            total_steps,
+            total_steps / max(1, steps_per_epoch),
+        )
     return _build(
         optimizer,
         total_steps,
