@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -435,3 +436,62 @@ def test_killed_multirun_rerun_skips_finished_jobs(tmp_path):
     assert json.loads((tmp_path / "job0.json").read_text()) == json.loads(
         (new / "0" / "metrics.json").read_text()
     )
+
+
+# ------------------------------------------------- schedule of a run resumed with other settings
+class FirstRate(L.Callback):
+    """The learning rate of the first batch trained."""
+
+    rate: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.rate is None:
+            self.rate = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def _fit(make_cfg, *overrides, ckpt_path=None):
+    first_rate = FirstRate()
+    datamodule, method, trainer = train.build(
+        make_cfg("+experiment=digits_mlp", "scheduler=cosine", *QUIET, *overrides),
+        (first_rate,),
+        limit_val_batches=0,
+    )
+    trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.first_rate = first_rate.rate
+    return trainer
+
+
+def test_resume_with_a_longer_run_names_the_old_schedule(make_cfg, tmp_path, caplog):
+    """A finished 2-epoch run resumed with max_epochs=4 keeps its old cosine (rate 0 from its
+    end on) unless resume_schedule=config; either way the difference is warned about."""
+    first = _fit(make_cfg, "trainer.max_epochs=2")
+    steps = first.global_step
+    old_decay = first.lr_scheduler_configs[0].scheduler.lr_lambdas[0].decay_steps
+    path = tmp_path / "two_epochs.ckpt"
+    first.save_checkpoint(path)
+    with caplog.at_level("WARNING", logger="deeprecipe.resume"):
+        kept = _fit(make_cfg, "trainer.max_epochs=4", ckpt_path=str(path))
+    assert "lr_lambdas.0.decay_steps" in caplog.text and "resume_schedule=config" in caplog.text
+    assert kept.lr_scheduler_configs[0].scheduler.lr_lambdas[0].decay_steps == old_decay
+    assert kept.first_rate == pytest.approx(0.0)  # the old cosine had ended
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deeprecipe.resume"):
+        new = _fit(make_cfg, "trainer.max_epochs=4", "resume_schedule=config", ckpt_path=str(path))
+    assert "in place of the checkpoint's" in caplog.text
+    schedule = new.lr_scheduler_configs[0].scheduler
+    assert schedule.lr_lambdas[0].decay_steps == old_decay + steps  # the run is `steps` longer
+    assert new.global_step == schedule.last_epoch == 2 * steps
+    # the first resumed batch trains at the configured cosine's rate for its step
+    base = schedule.base_lrs[0]
+    assert (
+        new.first_rate == pytest.approx(base * schedule.lr_lambdas[0](steps)) and new.first_rate > 0
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deeprecipe.resume"):
+        _fit(make_cfg, "trainer.max_epochs=2", ckpt_path=str(path))  # same settings: quiet
+    assert "differ" not in caplog.text
+
+
+def test_resume_schedule_value_is_checked(make_cfg):
+    with pytest.raises(train.ConfigError, match="resume_schedule='exact'"):
+        train.build(make_cfg("+experiment=digits_mlp", "resume_schedule=exact"))

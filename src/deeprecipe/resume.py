@@ -4,9 +4,9 @@ Hydra gives every launch a new timestamped dir, so running a killed command agai
 its checkpoint by path. With ``resume: auto`` a run looks through the earlier attempts of its
 ``run_name`` (``runs/NAME/*`` for single runs, ``multiruns/NAME/*/N`` for multirun jobs) for the
 newest one whose recorded task overrides (``.hydra/overrides.yaml``, less ``resume``,
-``ckpt_path``, ``ckpt_weights_only`` and ``hydra.*``) equal its own and whose composed config
-(``.hydra/config.yaml``, less the same keys and ``paths``) does too, so that edited config files
-start a new run rather than resume or skip an old one, and:
+``ckpt_path``, ``ckpt_weights_only``, ``resume_schedule`` and ``hydra.*``) equal its own and
+whose composed config (``.hydra/config.yaml``, less the same keys and ``paths``) does too, so
+that edited config files start a new run rather than resume or skip an old one, and:
 
 - that attempt finished (``metrics.json``): a multirun job is skipped (``skipped.txt`` and a copy
   of the small ``metrics.json`` in the new job dir; the objective goes back to the sweeper), while
@@ -58,8 +58,9 @@ from deeprecipe.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "never")
+RESUME_SCHEDULES = ("checkpoint", "config")
 # overrides that say how to start, not what to train: ignored when matching attempts
-IGNORED_KEYS = ("resume", "ckpt_path", "ckpt_weights_only")
+IGNORED_KEYS = ("resume", "ckpt_path", "ckpt_weights_only", "resume_schedule")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 METRICS = "metrics.json"
 SKIPPED = "skipped.txt"
@@ -93,6 +94,12 @@ def check_resume_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"ckpt_path={ckpt_path!r}; give a checkpoint file, `last` (the newest earlier "
             "attempt of this command) or null."
+        )
+    schedule = cfg.get("resume_schedule", "checkpoint")
+    if schedule not in RESUME_SCHEDULES:
+        raise ConfigError(
+            f"resume_schedule={schedule!r}; use checkpoint (continue the checkpoint's schedule "
+            "and optimizer settings) or config (this run's, from the checkpoint's step)."
         )
     if not isinstance(cfg.get("ckpt_weights_only", True), bool):
         raise ConfigError(
@@ -488,3 +495,115 @@ class ExactResume(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
             self.reseed()
+
+
+# optimizer hyperparameters that are settings, not state (the lr is the schedule's output)
+_SCHEDULED = {"params", "lr", "initial_lr"}
+
+
+def _schedule_settings(scheduler: Any) -> dict[str, Any]:
+    """What a restored schedule keeps of its run's config: base rates and the factor's fields."""
+    state = scheduler.state_dict()
+    return {"base_lrs": state.get("base_lrs"), "lr_lambdas": state.get("lr_lambdas")}
+
+
+def _group_settings(optimizer: Any) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in group.items() if k not in _SCHEDULED} for group in optimizer.param_groups
+    ]
+
+
+def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """``key: checkpoint -> config`` for the leaves where ``after`` (checkpoint) != ``before``."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [
+            line
+            for key in before
+            for line in _differences(before[key], after.get(key), f"{prefix}{key}.")
+        ]
+    sequences = isinstance(before, list | tuple) and isinstance(after, list | tuple)
+    if sequences and len(before) == len(after):
+        return [
+            line
+            for i, (b, a) in enumerate(zip(before, after, strict=True))
+            for line in _differences(b, a, f"{prefix}{i}.")
+        ]
+    if before != after:
+        return [f"{prefix.rstrip('.')}: {after} (checkpoint) vs {before} (config)"]
+    return []
+
+
+class ScheduleOnResume(L.Callback):
+    """A run resumed from a checkpoint whose schedule or optimizer settings differ from its config.
+
+    Lightning restores the checkpoint's learning-rate schedule (its length, warm-up, milestones,
+    base rates) and optimizer settings (weight decay, momentum) over the configured ones: exact
+    continuation, but a finished run resumed with a larger ``trainer.max_epochs`` then trains its
+    extra epochs at the end of the old decay (often a rate of 0), and a new ``optim.lr`` is
+    ignored. This callback names every difference in a warning; with
+    ``resume_schedule=config`` it applies the configured schedule and settings instead, from the
+    checkpoint's step on (the rate jumps to the new schedule's value at that step).
+    """
+
+    def __init__(self, mode: str = "checkpoint") -> None:
+        if mode not in RESUME_SCHEDULES:
+            raise ConfigError(f"resume_schedule={mode!r}; use checkpoint or config.")
+        self.mode = mode
+        self._configured: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # optimizers and schedulers are configured, the checkpoint's state not yet restored
+        self._configured = [
+            (_schedule_settings(config.scheduler), _group_settings(config.scheduler.optimizer))
+            for config in trainer.lr_scheduler_configs
+        ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path is None or not self._configured:
+            return
+        configs = trainer.lr_scheduler_configs
+        differences = []
+        for config, (schedule, groups) in zip(configs, self._configured, strict=False):
+            restored = config.scheduler
+            differences += _differences(schedule, _schedule_settings(restored), "scheduler.")
+            differences += _differences(groups, _group_settings(restored.optimizer), "optimizer.")
+        if not differences:
+            return
+        shown = "; ".join(differences[:8]) + ("; ..." if len(differences) > 8 else "")
+        if self.mode == "checkpoint":
+            log.warning(
+                "Resumed from %s, whose learning-rate schedule or optimizer settings differ from "
+                "this run's config: %s. The checkpoint's are used (exact continuation; a longer "
+                "trainer.max_epochs does not stretch the old decay). To use the configured ones "
+                "from the checkpoint's step on, add resume_schedule=config.",
+                trainer.ckpt_path,
+                shown,
+            )
+            return
+        for config, (schedule, groups) in zip(configs, self._configured, strict=False):
+            self._apply(config.scheduler, schedule, groups)
+        log.warning(
+            "Resumed from %s with this run's schedule and optimizer settings "
+            "(resume_schedule=config) in place of the checkpoint's: %s.",
+            trainer.ckpt_path,
+            shown,
+        )
+
+    @staticmethod
+    def _apply(scheduler: Any, schedule: dict[str, Any], groups: list[dict[str, Any]]) -> None:
+        restored = scheduler.state_dict()
+        restored.update(schedule)
+        scheduler.load_state_dict(restored)
+        for group, settings, base in zip(
+            scheduler.optimizer.param_groups, groups, scheduler.base_lrs, strict=True
+        ):
+            group.update(settings)
+            group["initial_lr"] = base
+        step = scheduler.last_epoch
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if lambdas is not None:  # LambdaLR: the rate of the configured schedule at this step
+            for group, base, factor in zip(
+                scheduler.optimizer.param_groups, scheduler.base_lrs, lambdas, strict=True
+            ):
+                group["lr"] = base * factor(step)
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

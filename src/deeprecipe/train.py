@@ -157,6 +157,8 @@ def _callbacks(cfg: DictConfig, extra: tuple[L.Callback, ...]) -> list[Any]:
     """The configured callbacks plus ``extra``; no progress bar when the trainer hides it
     (``trainer.enable_progress_bar=false`` would otherwise clash with the configured bar)."""
     callbacks = [*_instantiate_all(cfg.callbacks), *extra]
+    # names (or, with resume_schedule=config, replaces) a resumed checkpoint's other schedule
+    callbacks.append(resume.ScheduleOnResume(cfg.get("resume_schedule", "checkpoint")))
     if cfg.trainer.get("enable_progress_bar", True) is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return callbacks
