@@ -137,3 +137,27 @@ def test_max_steps_is_a_trainer_key(make_cfg):
 
     _, _, trainer = build(make_cfg("data=digits", "model=mlp", "trainer.max_steps=7"))
     assert trainer.max_steps == 7
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mode", "direction"),
+    [((), "max", "maximize"), (("+experiment=char_lstm",), "min", "minimize")],
+)
+def test_objective_mode_drives_checkpoint_early_stopping_and_sweeps(
+    make_cfg, overrides, mode, direction
+):
+    """One setting says whether the objective is better higher or lower: the best checkpoint,
+    early stopping and the sweeper's direction all follow it (val/bpc is minimized)."""
+    cfg = make_cfg(*overrides, "callbacks=early_stopping", "+sweep=tpe_lr_wd")
+    for callback in ("model_checkpoint", "early_stopping"):
+        assert cfg.callbacks[callback].monitor == cfg.objective
+        assert cfg.callbacks[callback].mode == mode
+    assert cfg.hydra.sweeper.direction == direction
+
+
+def test_objective_mode_is_checked(make_cfg):
+    from deeprecipe.errors import ConfigError
+    from deeprecipe.train import check_config
+
+    with pytest.raises(ConfigError, match="objective_mode='maximize'"):
+        check_config(make_cfg("objective_mode=maximize"))

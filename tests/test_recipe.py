@@ -14,7 +14,16 @@ from torch import nn
 
 from conftest import CONF, QUIET, group_options
 from deeprecipe.errors import ConfigError, DataNotFoundError, NonFiniteLossError
-from deeprecipe.recipe import coarse, curves, gradcheck, initial_loss, lr_find, overfit, refine
+from deeprecipe.recipe import (
+    coarse,
+    curves,
+    gradcheck,
+    initial_loss,
+    lr_find,
+    overfit,
+    refine,
+    sweeps,
+)
 from deeprecipe.recipe.__main__ import main
 from deeprecipe.recipe.common import Training, build_classifier, merge_overrides
 from deeprecipe.recipe.model_report import is_video_model
@@ -114,6 +123,18 @@ def test_coarse_and_refine_write_presets_from_the_previous_result(make_cfg, tmp_
     )
     written = yaml.safe_load(search.preset_yaml())["hydra"]["sweeper"]
     assert written["n_trials"] == 10 and written["params"]["scheduler"] == "constant"
+
+
+def test_ranked_jobs_follow_the_objective_mode(tmp_path, monkeypatch):
+    """A minimized objective (bits per char) ranks its lowest job first."""
+    jobs = [
+        {"job": str(i), "status": "ok", "metrics": {"val/bpc": v}, "overrides": {}}
+        for i, v in enumerate([2.1, 1.7, 1.9])
+    ]
+    monkeypatch.setattr(sweeps, "read_jobs", lambda sweep_dir: jobs)
+    tmp_path.mkdir(exist_ok=True)
+    assert [j["job"] for j in sweeps.ranked_jobs(tmp_path, "val/bpc")] == ["0", "2", "1"]
+    assert [j["job"] for j in sweeps.ranked_jobs(tmp_path, "val/bpc", False)] == ["1", "2", "0"]
 
 
 def test_sweep_presets_fit_the_existing_style():

@@ -208,7 +208,9 @@ def log_to_wandb(sweep_dir: Path, csv_path: Path, config: DictConfig, wandb_node
 
     with csv_path.open(newline="") as handle:
         header, *rows = list(csv.reader(handle))
-    direction = str(config.hydra.sweeper.get("direction", "maximize"))
+    # Optuna's direction when the sweeper has one, else the run's objective_mode
+    default = "minimize" if config.get("objective_mode") == "min" else "maximize"
+    direction = str(config.hydra.sweeper.get("direction", default))
     log_summary_table(
         sweep_dir,
         header,

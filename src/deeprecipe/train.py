@@ -64,6 +64,7 @@ def _batch_limit(value: Any) -> bool:
 CONFIG_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("seed", _integer, "an integer"),
     ("eval_checkpoint", lambda v: v in ("best", "last", "both"), "best, last or both"),
+    ("objective_mode", lambda v: v in ("max", "min"), "max (higher is better) or min"),
     ("optim.lr", lambda v: _number(v) and v > 0, "a positive number, e.g. 0.01"),
     ("optim.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("optim.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),

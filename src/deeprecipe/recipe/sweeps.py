@@ -75,8 +75,9 @@ def write_and_launch(plan: SweepPlan, out_dir: Path, launch: bool) -> int | None
     return subprocess.run(plan.command(), check=False).returncode
 
 
-def ranked_jobs(sweep_dir: Path, objective: str) -> list[dict[str, Any]]:
-    """Finished jobs of a sweep, best ``objective`` first (higher is better)."""
+def ranked_jobs(sweep_dir: Path, objective: str, maximize: bool = True) -> list[dict[str, Any]]:
+    """Finished jobs of a sweep, best ``objective`` first (highest, or lowest unless
+    ``maximize``: ``objective_mode=min``, e.g. a loss or bits per char)."""
     if not sweep_dir.is_dir():
         return []
     finished = [
@@ -84,7 +85,12 @@ def ranked_jobs(sweep_dir: Path, objective: str) -> list[dict[str, Any]]:
         for job in read_jobs(sweep_dir)
         if job["status"] == "ok" and isinstance(job["metrics"].get(objective), int | float)
     ]
-    return sorted(finished, key=lambda job: job["metrics"][objective], reverse=True)
+    return sorted(finished, key=lambda job: job["metrics"][objective], reverse=maximize)
+
+
+def maximizes(cfg: DictConfig) -> bool:
+    """Whether the run's ``objective`` is better higher (``objective_mode``, default max)."""
+    return str(cfg.get("objective_mode", "max")) == "max"
 
 
 def sweep_result(
@@ -108,7 +114,7 @@ def sweep_result(
     if status is None:
         text = f"preset written ({describe}); launch it with: {plan.shell_command()}"
         return StepResult(step, None, text, details, values)
-    jobs = ranked_jobs(plan.sweep_dir, objective)
+    jobs = ranked_jobs(plan.sweep_dir, objective, maximizes(cfg))
     if not jobs:
         text = f"no job of the sweep finished (exit status {status}); see {plan.sweep_dir}"
         return StepResult(step, False, text, details, values)
