@@ -181,11 +181,20 @@ def test_color_jitter_brightness_is_a_per_image_factor():
     assert per_image[:, 0].std() > 0.1
 
 
-def test_color_jitter_changes_only_brightness_and_contrast_without_colour():
+def test_color_jitter_changes_only_brightness_and_contrast_without_colour(caplog):
     torch.manual_seed(5)
     colour_only = ColorJitter(brightness=0.0, contrast=0.0, saturation=0.8, hue=0.3)
     gray = torch.rand(16, 1, 8, 8)
-    assert torch.equal(colour_only(gray), gray)
+    with caplog.at_level("WARNING", logger="deeprecipe.augment.photometric"):
+        assert torch.equal(colour_only(gray), gray)
+        colour_only(gray)
+        RandomGrayscale(0.2)(gray)
+        RandomGrayscale(0.0)(gray)  # nothing asked: nothing said
+    # the settings that did nothing are named, once per module
+    assert [r.getMessage().split(" has")[0] for r in caplog.records] == [
+        "Augmentation jitter saturation=0.8 and jitter hue=0.3",
+        "Augmentation grayscale p=0.2",
+    ]
     rgb = torch.rand(16, 3, 8, 8)
     assert not torch.allclose(colour_only(rgb), rgb)
 

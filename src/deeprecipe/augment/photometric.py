@@ -6,6 +6,7 @@ skip what an image without colour cannot take. PCA lighting is written here: kor
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -15,6 +16,21 @@ from torch import Tensor, nn
 
 from deeprecipe.augment.checks import check_interval, check_probability
 from deeprecipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _warn_once(module: nn.Module, channels: int, settings: str) -> None:
+    """Say once per module that colour settings do nothing on images of ``channels`` channels."""
+    if getattr(module, "_warned", False):
+        return
+    module._warned = True  # type: ignore[assignment]
+    log.warning(
+        "Augmentation %s has no effect on %d-channel images (it needs RGB): those images are "
+        "trained without it. Set it to 0 in the aug config to silence this.",
+        settings,
+        channels,
+    )
 
 
 class ColorJitter(nn.Module):
@@ -49,9 +65,15 @@ class ColorJitter(nn.Module):
         p = check_probability("ColorJitter", "p", p)
         self.rgb = K.ColorJitter(brightness, contrast, saturation, hue, p=p)
         self.gray = K.ColorJitter(brightness, contrast, 0.0, 0.0, p=p)
+        self.colour = {"saturation": saturation, "hue": hue}
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        return self.rgb(x) if x.shape[1] == 3 else self.gray(x)
+        if x.shape[1] == 3:
+            return self.rgb(x)
+        used = [f"jitter {k}={v:g}" for k, v in self.colour.items() if v > 0]
+        if used:
+            _warn_once(self, x.shape[1], " and ".join(used))
+        return self.gray(x)
 
 
 class RandomGrayscale(nn.Module):
@@ -62,10 +84,15 @@ class RandomGrayscale(nn.Module):
 
     def __init__(self, p: float = 0.2) -> None:
         super().__init__()
-        self.grayscale = K.RandomGrayscale(p=check_probability("RandomGrayscale", "p", p))
+        self.p = check_probability("RandomGrayscale", "p", p)
+        self.grayscale = K.RandomGrayscale(p=self.p)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        return self.grayscale(x) if x.shape[1] == 3 else x
+        if x.shape[1] == 3:
+            return self.grayscale(x)
+        if self.p > 0:
+            _warn_once(self, x.shape[1], f"grayscale p={self.p:g}")
+        return x
 
 
 class GaussianBlur(nn.Module):
