@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -75,6 +76,41 @@ def test_moving_clips_shape_dtype_and_balance(moving):
 
 
 @requires_fashion
+def test_moving_batches_are_global_under_ddp(moving):
+    """data.batch_size is the global batch for clips too: with 2 processes each trains on half
+    of every batch, the two halves together being the single process's batch, over as many
+    steps; Lightning keeps the loader's own sampler (a DistributedSampler)."""
+    from torch.utils.data import DistributedSampler
+
+    def batches(rank: int, world: int) -> list:
+        moving.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0)
+        try:
+            loader = moving.train_dataloader()
+            if world > 1:
+                assert isinstance(loader.sampler, DistributedSampler)
+            return list(loader)
+        finally:
+            moving.trainer = None
+
+    single = batches(0, 1)
+    shares = [batches(rank, 2) for rank in (0, 1)]
+    assert len(shares[0]) == len(shares[1]) == len(single) == 64 // 16
+    for whole, first, second in zip(single, *shares, strict=True):
+        assert len(first.x) == len(second.x) == 8
+        torch.testing.assert_close(
+            torch.cat([first.x, second.x]), torch.cat([whole.x[0::2], whole.x[1::2]])
+        )
+        torch.testing.assert_close(
+            torch.cat([first.y, second.y]), torch.cat([whole.y[0::2], whole.y[1::2]])
+        )
+    moving.trainer = SimpleNamespace(global_rank=0, world_size=3, current_epoch=0)
+    try:
+        with pytest.raises(ConfigError, match="make it a multiple of 3"):
+            moving.train_dataloader()
+    finally:
+        moving.trainer = None
+
+
 def test_moving_clips_are_seeded():
     def build(seed: int) -> MovingFashionDataModule:
         datamodule = MovingFashionDataModule(

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from deeprecipe.batches import Labeled
 from deeprecipe.data.base import ImageArrays, TensorBatchDataset, keep_batch
 from deeprecipe.data.fashion_mnist import DEBIAN_ROOT, load_split
-from deeprecipe.data.video import SeededBatches, VideoDataModule, clip_statistics
+from deeprecipe.data.video import VideoDataModule, clip_statistics
 from deeprecipe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -287,8 +287,7 @@ class MovingFashionDataModule(VideoDataModule):
         epoch = self.epoch_source() if self.redraw_train else (lambda: 0)
         # the last partial batch is dropped; seed + 1: apart from the val/test draws
         length = self.train_clips // self.batch_size
-        batches = SeededBatches(draw, length, self.clip_seed + 1, epoch)
-        return DataLoader(batches, batch_size=None, pin_memory=self.pin_memory)
+        return self.seeded_train_loader(draw, length, self.clip_seed + 1, epoch)
 
     def _fixed_loader(self, clips: ImageArrays | None) -> DataLoader:
         if clips is None:

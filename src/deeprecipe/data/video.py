@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError, CorruptDataError
@@ -178,7 +178,10 @@ class SeededBatches(Dataset):
 
     Each batch depends only on (seed, epoch, index), not on the run seed nor on which batches
     came before, so an epoch is reproducible and a resumed run sees the same clips. Use it with
-    ``DataLoader(batch_size=None)``. ``epoch`` says which epoch is running.
+    ``DataLoader(batch_size=None)``. ``epoch`` says which epoch is running. ``shard=(rank,
+    world)`` returns clips ``rank::world`` of each batch: under DDP every process draws the same
+    global batch (a millisecond's work) and keeps its share, so a global batch holds the same
+    clips on any number of processes.
     """
 
     def __init__(
@@ -187,11 +190,13 @@ class SeededBatches(Dataset):
         length: int,
         seed: int,
         epoch: Callable[[], int],
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.draw = draw
         self.length = length
         self.seed = seed
         self.epoch = epoch
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
         return self.length
@@ -199,7 +204,19 @@ class SeededBatches(Dataset):
     def __getitem__(self, index: int) -> Any:
         if not 0 <= index < self.length:
             raise IndexError(index)
-        return self.draw(batch_generator(self.seed, self.epoch(), index))
+        batch = self.draw(batch_generator(self.seed, self.epoch(), index))
+        if self.world == 1:
+            return batch
+        return type(batch)(*(part[self.rank :: self.world] for part in batch))
+
+
+class EveryIndexSampler(DistributedSampler):
+    """Every index in order on every process: for datasets that shard themselves
+    (:class:`SeededBatches`). A ``DistributedSampler``, so Lightning does not put its own (which
+    would hand each process a different subset of the batches) in its place."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=False)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------- DataModule
@@ -256,6 +273,34 @@ class VideoDataModule(L.LightningDataModule):
         self.mean: tuple[float, ...] = (0.5,) * in_chans
         self.std: tuple[float, ...] = (0.5,) * in_chans
         self._train_loaders_made = 0
+
+    def process_share(self) -> tuple[int, int]:
+        """(rank, world) of this process; ``data.batch_size`` must split evenly over the world:
+        it is the GLOBAL batch, as for images (each process trains on batch_size / world)."""
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if self.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is the global batch, split over {world} "
+                f"processes; make it a multiple of {world}."
+            )
+        return rank, world
+
+    def seeded_train_loader(
+        self,
+        draw: Callable[[torch.Generator], Any],
+        length: int,
+        seed: int,
+        epoch: Callable[[], int] | None = None,
+    ) -> DataLoader:
+        """The training loader of ``length`` global batches drawn by ``draw`` (see
+        :class:`SeededBatches`; ``epoch`` defaults to :meth:`epoch_source`), each process taking
+        its share of every batch."""
+        rank, world = self.process_share()
+        epoch = epoch if epoch is not None else self.epoch_source()
+        batches = SeededBatches(draw, length, seed, epoch, shard=(rank, world))
+        sampler = EveryIndexSampler(batches) if world > 1 else None
+        return DataLoader(batches, batch_size=None, sampler=sampler, pin_memory=self.pin_memory)
 
     def epoch_source(self) -> Callable[[], int]:
         """For a new training loader: what says which epoch runs. Under a trainer, its current

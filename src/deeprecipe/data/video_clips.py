@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader, Dataset
 from deeprecipe.batches import Unlabeled
 from deeprecipe.data.base import keep_batch
 from deeprecipe.data.video import (
-    SeededBatches,
     VideoDataModule,
     clip_statistics,
     decode_frames,
@@ -251,8 +250,7 @@ class VideoClipsDataModule(VideoDataModule):
         draw = partial(draw_batch, self.train_parts, self.batch_size, self.num_frames, self.stride)
         length = self.train_clips // self.batch_size  # the last partial batch is dropped
         # seed + 1: apart from the validation draw
-        batches = SeededBatches(draw, length, self.clip_seed + 1, self.epoch_source())
-        return DataLoader(batches, batch_size=None, pin_memory=self.pin_memory)
+        return self.seeded_train_loader(draw, length, self.clip_seed + 1)
 
     def val_dataloader(self) -> DataLoader:
         if self.val is None:

@@ -266,9 +266,12 @@ class VideoFolderDataModule(VideoDataModule):
     def _loader(self, files: list[tuple[Path, int]] | None, train: bool) -> DataLoader:
         if files is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
+        # data.batch_size is the global batch: under DDP Lightning's sampler gives each process
+        # a 1/world share of the videos, so each takes batch_size / world per step
+        share = self.batch_size // self.process_share()[1] if train else self.eval_batch_size
         return DataLoader(
             self._dataset(files, train),
-            batch_size=self.batch_size if train else self.eval_batch_size,
+            batch_size=share,
             shuffle=train,
             drop_last=train,
             collate_fn=collate_labeled,
