@@ -341,3 +341,22 @@ def test_cli_runs_the_rounds(tmp_path):
     )
     assert result.returncode == 1
     assert "ConfigError" in result.stderr and "+experiment=self_training_fashion" in result.stderr
+
+
+def test_teacher_checkpoint_follows_eval_checkpoint(tmp_path):
+    """The next round's teacher is the round's best checkpoint, or its last with
+    eval_checkpoint=last (the weights the round's reported metrics then come from)."""
+    from deeprecipe import resume
+    from deeprecipe.self_training import teacher_checkpoint
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    best = checkpoints / "best-epoch003.ckpt"
+    last = tmp_path / resume.LAST_CHECKPOINT
+    best.write_bytes(b"b")
+    last.write_bytes(b"l")
+    metrics = {"best_ckpt": str(best)}
+    assert teacher_checkpoint(metrics, tmp_path) == best
+    assert teacher_checkpoint(metrics, tmp_path, "both") == best
+    assert teacher_checkpoint(metrics, tmp_path, "last") == last
+    assert teacher_checkpoint({}, tmp_path) == last

@@ -236,9 +236,11 @@ def round_config(
     return round_cfg
 
 
-def teacher_checkpoint(metrics: dict[str, Any], round_dir: Path) -> Path:
-    """The round's best checkpoint (in this dir when the round was carried over), else last."""
-    best = metrics.get("best_ckpt")
+def teacher_checkpoint(metrics: dict[str, Any], round_dir: Path, which: str = "best") -> Path:
+    """The round's checkpoint the next teacher labels with: its best (in this dir when the round
+    was carried over; ``eval_checkpoint`` best or both), or its last (``eval_checkpoint=last``,
+    and when no best was written)."""
+    best = metrics.get("best_ckpt") if which != "last" else None
     candidates = [round_dir / "checkpoints" / Path(best).name, Path(best)] if best else []
     candidates.append(round_dir / resume.LAST_CHECKPOINT)
     for candidate in candidates:
@@ -407,7 +409,7 @@ def run_rounds(cfg: DictConfig) -> dict[str, Any]:
             )
             metrics = {**train_run(round_cfg), **report, "round": round_index}
             resume.write_json_atomic(round_dir / resume.METRICS, metrics)
-        teacher = teacher_checkpoint(metrics, round_dir)
+        teacher = teacher_checkpoint(metrics, round_dir, str(cfg.get("eval_checkpoint", "best")))
         rows.append(_row(round_index, metrics, report))
         log.info(
             "round %d: val/acc %s test/acc %s",
