@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 
@@ -172,3 +173,12 @@ def test_warmup_epochs_count_the_real_epoch_when_the_run_is_bounded_by_steps(max
     assert module.rates[:10] == pytest.approx([(i + 1) / 10 for i in range(10)], abs=0.11)
     assert module.rates[9] > module.rates[5] > module.rates[1]
     assert module.rates[10] == pytest.approx(1.0, abs=0.02) and module.rates[-1] < 0.05
+
+
+def test_base_batch_size_without_scale_lr_is_warned(caplog):
+    from deeprecipe.methods.optimization import linear_scaling
+
+    with caplog.at_level(logging.WARNING, logger="deeprecipe.methods.optimization"):
+        plain = linear_scaling(partial(torch.optim.SGD, lr=0.1, base_batch_size=64), None)
+    assert "no effect without +optim.scale_lr=true" in caplog.text
+    assert plain.keywords == {"lr": 0.1}  # the key never reaches the optimizer

@@ -79,6 +79,12 @@ def linear_scaling(optimizer: OptimizerFactory, trainer: L.Trainer) -> Optimizer
     base_batch_size = keywords.pop("base_batch_size", 256)
     if not isinstance(optimizer, partial) or keywords == optimizer.keywords:
         return optimizer
+    if not scale and "base_batch_size" in optimizer.keywords:
+        log.warning(
+            "optim.base_batch_size=%s has no effect without +optim.scale_lr=true (the linear "
+            "scaling rule); add it, or drop base_batch_size.",
+            base_batch_size,
+        )
     if scale:
         datamodule = getattr(trainer, "datamodule", None)
         batch_size = getattr(datamodule, "batch_size", None)
