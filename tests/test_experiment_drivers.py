@@ -147,6 +147,32 @@ def test_semi_driver_runs_every_row_with_the_study_budget_and_records_it(tmp_pat
         ("fixmatch", 4),
         ("fixmatch", 25),
     ]
+    # one labelled subset for every seed unless asked otherwise (SPLIT_SEED=seed)
+    assert all("data.split_seed=0" in c for c in calls)
+    assert {r["split_seed"] for r in records} == {0}
+
+
+def test_semi_driver_can_draw_each_seeds_own_labelled_subset(tmp_path):
+    fake = fake_python(tmp_path)
+    result = subprocess.run(
+        [
+            str(ROOT / "experiments/semi/semi_study.sh"),
+            str(tmp_path / "out"),
+            "1 2",
+            "4",
+            "fixmatch",
+        ],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "STEPS": "100", "SPLIT_SEED": "seed"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert ["seed=1 data.split_seed=1" in calls[0], "seed=2 data.split_seed=2" in calls[1]] == [
+        True,
+        True,
+    ]
 
 
 def test_semi_driver_rejects_an_unknown_row(tmp_path):

@@ -33,7 +33,7 @@ def report(run_dir: Path, threshold: float) -> str:
     method = load_member(checkpoint, cfg)
     if cfg.data.get("labels_per_class") is None:
         raise SystemExit(f"{run_dir} trained on every label: it has no unlabelled images.")
-    # the semi split of the same labelled subset (the seed and labels_per_class decide it)
+    # the semi split of the same labelled subset (data.split_seed and labels_per_class decide it)
     node = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(node, dict)
     for key in ("pseudo_labels", "min_epoch_size"):  # the supervised row's data module

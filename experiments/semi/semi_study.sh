@@ -15,10 +15,15 @@
 # mu = 7 unlabelled images per labelled one) with the same cosine schedule after a linear
 # warm-up of WARMUP steps (default: a tenth of the run; WARMUP=1 starts at the peak rate, as
 # FixMatch does), ResNet-9 of WIDTH.
+# The labelled subset (and the validation split) is drawn by data.split_seed: SPLIT_SEED=N (default
+# 0) gives every seed the same subset, so seeds vary the initialization and batch order only;
+# SPLIT_SEED=seed draws each seed's own subset (the usual semi-supervised protocol: the spread
+# then includes which images are labelled). Use a fresh OUT_DIR when changing it.
 # A re-run skips finished runs and records them again (experiments/lib.sh): read results by
 # their keys. Several drivers may share OUT_DIR at once when their runs differ.
 # Usage (from the repository root):
-#   [STEPS=2460] [WIDTH=16] [WARMUP=STEPS/10] experiments/semi/semi_study.sh OUT_DIR "SEEDS" "COUNTS" "ROWS"
+#   [STEPS=2460] [WIDTH=16] [WARMUP=STEPS/10] [SPLIT_SEED=0|seed] \
+#       experiments/semi/semi_study.sh OUT_DIR "SEEDS" "COUNTS" "ROWS"
 # e.g. experiments/semi/semi_study.sh runs/semi "0 1 2" "4 25 100" \
 #        "full full_tuned supervised pseudo_label fixmatch mean_teacher self_training"
 # Results: one JSON line per run in OUT_DIR/results.jsonl; summary: summarize.py OUT_DIR.
@@ -41,25 +46,29 @@ mkdir -p "$out"
 source "$(dirname "$0")/../lib.sh"  # run, record
 
 for seed in $seeds; do
+    split=${SPLIT_SEED:-0}
+    [ "$split" = seed ] && split=$seed
     for row in $rows; do
         case $row in
             full)
                 dir=$out/full/$seed
-                run "$dir" "${study[@]}" +semi=full seed=$seed
+                run "$dir" "${study[@]}" +semi=full seed=$seed data.split_seed=$split
                 record "$dir" row=full labels_per_class=0 steps=$steps width=$width \
-                    warmup=$warmup seed=$seed
+                    warmup=$warmup seed=$seed split_seed=$split
                 ;;
             full_tuned)
                 dir=$out/full_tuned/$seed
-                run "$dir" +experiment=fashion_resnet9 seed=$seed
-                record "$dir" row=full_tuned labels_per_class=0 width=$width seed=$seed
+                run "$dir" +experiment=fashion_resnet9 seed=$seed data.split_seed=$split
+                record "$dir" row=full_tuned labels_per_class=0 width=$width seed=$seed \
+                    split_seed=$split
                 ;;
             supervised | pseudo_label | fixmatch | mean_teacher | self_training)
                 for count in $counts; do
                     dir=$out/$row/$count/$seed
-                    run "$dir" "${study[@]}" +semi=$row data.labels_per_class=$count seed=$seed
+                    run "$dir" "${study[@]}" +semi=$row data.labels_per_class=$count seed=$seed \
+                        data.split_seed=$split
                     record "$dir" row=$row labels_per_class=$count steps=$steps width=$width \
-                        seed=$seed
+                        seed=$seed split_seed=$split
                 done
                 ;;
             *)
