@@ -215,3 +215,18 @@ def test_diagnostics_config_logs_under_stable_names(make_cfg, tmp_path):
         "diag_unit_correlations",
         "diag_first_layer_filters",
     }
+
+
+def test_throughput_counts_the_images_of_every_batch_kind():
+    """Training images per step: multi-view batches count each image once (they counted 0),
+    semi batches count labelled + unlabelled (FixMatch/Mean Teacher counted labelled only)."""
+    from deeprecipe.batches import Labeled, Semi, SemiViews, Unlabeled, Views
+    from deeprecipe.callbacks.throughput import count_samples
+
+    images, labels = torch.zeros(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)
+    unlabeled = torch.zeros(56, 1, 4, 4)
+    assert count_samples(Labeled(images, labels)) == 8
+    assert count_samples(Views((images, images), labels)) == 8
+    hidden = torch.zeros(56, dtype=torch.long)
+    assert count_samples(Semi(Labeled(images, labels), Unlabeled(unlabeled, hidden))) == 64
+    assert count_samples(SemiViews(Labeled(images, labels), unlabeled, unlabeled, hidden)) == 64

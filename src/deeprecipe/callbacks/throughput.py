@@ -7,9 +7,17 @@ from typing import Any
 
 import lightning as L
 
+from deeprecipe.batches import SemiViews, Views
+
 
 def count_samples(batch: Any) -> int:
-    """Inputs in a batch: ``len(batch.x)``, summed over the parts of a composite batch (Semi)."""
+    """Training images in a batch: ``len(batch.x)``, summed over the parts of a composite batch
+    (Semi: labelled + unlabelled); a multi-view batch counts its images once, whatever the number
+    of views (Views: B; SemiViews: labelled + unlabelled), as SSL and semi papers report it."""
+    if isinstance(batch, Views):
+        return len(batch.y)
+    if isinstance(batch, SemiViews):
+        return len(batch.labeled.x) + len(batch.target_view)
     if hasattr(batch, "x"):
         return len(batch.x)
     if isinstance(batch, tuple | list):
