@@ -107,6 +107,13 @@ def test_moving_batches_are_global_under_ddp(moving):
     try:
         with pytest.raises(ConfigError, match="make it a multiple of 3"):
             moving.train_dataloader()
+        # validation: the 3 processes' shards cover the 256 clips once, none repeated
+        # (Lightning's default sampler would pad 256 to 258 with repeats)
+        seen = []
+        for rank in range(3):
+            moving.trainer = SimpleNamespace(global_rank=rank, world_size=3, current_epoch=0)
+            seen += list(moving.val_dataloader().sampler)
+        assert sorted(seen) == list(range(256))
     finally:
         moving.trainer = None
 

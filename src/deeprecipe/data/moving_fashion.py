@@ -292,10 +292,12 @@ class MovingFashionDataModule(VideoDataModule):
     def _fixed_loader(self, clips: ImageArrays | None) -> DataLoader:
         if clips is None:
             raise RuntimeError("Call setup() before asking for a dataloader.")
+        dataset = TensorBatchDataset(clips)
         return DataLoader(
-            TensorBatchDataset(clips),
+            dataset,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=self.eval_sampler(dataset),
             collate_fn=keep_batch,
             pin_memory=self.pin_memory,
         )

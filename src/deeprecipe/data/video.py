@@ -16,8 +16,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from deeprecipe.batches import Labeled
 from deeprecipe.errors import ConfigError, CorruptDataError
@@ -285,6 +286,20 @@ class VideoDataModule(L.LightningDataModule):
                 f"processes; make it a multiple of {world}."
             )
         return rank, world
+
+    def eval_sampler(self, dataset: Dataset) -> Sampler[int] | None:
+        """Under DDP each process evaluates its own clips, none repeated (Lightning's default
+        sampler pads the shards with repeated clips, which would count twice in val/test
+        metrics); None with one process."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset,  # type: ignore[arg-type]
+            trainer.world_size,
+            trainer.global_rank,
+            shuffle=False,
+        )
 
     def seeded_train_loader(
         self,

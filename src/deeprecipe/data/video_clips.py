@@ -259,6 +259,7 @@ class VideoClipsDataModule(VideoDataModule):
             self.val,
             batch_size=self.eval_batch_size,
             shuffle=False,
+            sampler=self.eval_sampler(self.val),
             collate_fn=keep_batch,
             pin_memory=self.pin_memory,
         )

@@ -269,10 +269,12 @@ class VideoFolderDataModule(VideoDataModule):
         # data.batch_size is the global batch: under DDP Lightning's sampler gives each process
         # a 1/world share of the videos, so each takes batch_size / world per step
         share = self.batch_size // self.process_share()[1] if train else self.eval_batch_size
+        dataset = self._dataset(files, train)
         return DataLoader(
-            self._dataset(files, train),
+            dataset,
             batch_size=share,
             shuffle=train,
+            sampler=None if train else self.eval_sampler(dataset),
             drop_last=train,
             collate_fn=collate_labeled,
             num_workers=self.num_workers,
