@@ -230,3 +230,23 @@ def test_throughput_counts_the_images_of_every_batch_kind():
     hidden = torch.zeros(56, dtype=torch.long)
     assert count_samples(Semi(Labeled(images, labels), Unlabeled(unlabeled, hidden))) == 64
     assert count_samples(SemiViews(Labeled(images, labels), unlabeled, unlabeled, hidden)) == 64
+
+
+def test_learning_curves_keep_val_only_for_epochs_that_validated(make_cfg):
+    """With check_val_every_n_epoch=2, epochs 0 and 2 did not validate: their rows must not
+    repeat the last validation's values (Lightning keeps them in callback_metrics)."""
+    import json
+
+    from deeprecipe.callbacks import LearningCurves
+
+    datamodule, method, trainer = build(
+        make_cfg("+experiment=digits_mlp", *QUIET, "trainer.max_epochs=3"),
+        (LearningCurves(),),
+        check_val_every_n_epoch=2,
+        limit_train_batches=2,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(method, datamodule=datamodule)
+    rows = json.loads((Path(trainer.default_root_dir) / "plots/learning_curves.json").read_text())
+    has_val = [("val/acc" in row, row["epoch"]) for row in rows["epochs"]]
+    assert has_val == [(False, 0.0), (True, 1.0), (False, 2.0)]

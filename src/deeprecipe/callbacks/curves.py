@@ -38,6 +38,7 @@ class LearningCurves(L.Callback):
         self.losses: list[float] = []
         self.epochs: list[dict[str, float]] = []
         self._pending: list[torch.Tensor] = []
+        self._validated = False  # a validation ran since the last epoch row
 
     def on_train_batch_end(
         self,
@@ -60,13 +61,21 @@ class LearningCurves(L.Callback):
         if trainer.current_epoch > 0:
             self._snapshot(trainer, trainer.current_epoch - 1)
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
     def _snapshot(self, trainer: L.Trainer, epoch: int) -> None:
         self._flush(trainer)
         metrics = trainer.callback_metrics
         row = {"epoch": float(epoch), "step": float(len(self.losses))}
-        for name in ("train/acc", "val/acc", "val/loss"):
+        # callback_metrics keeps the last validation's values through epochs that did not
+        # validate (check_val_every_n_epoch > 1): only a validated epoch gets val/* in its row
+        names = ["train/acc"] + (["val/acc", "val/loss"] if self._validated else [])
+        for name in names:
             if name in metrics:
                 row[name] = float(metrics[name])
+        self._validated = False
         self.epochs.append(row)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

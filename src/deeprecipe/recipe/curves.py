@@ -192,7 +192,9 @@ def run(
         "|---|---:|---:|---:|---:|---|",
     ]
     for curves in runs:
-        last = curves.epochs[-1] if curves.epochs else {}
+        # the last epoch that validated (check_val_every_n_epoch > 1 leaves some without val/*)
+        validated = [row for row in curves.epochs if "val/acc" in row]
+        last = validated[-1] if validated else (curves.epochs[-1] if curves.epochs else {})
         train_acc, val_acc = last.get("train/acc"), last.get("val/acc")
         gap = f"{train_acc - val_acc:.3f}" if train_acc is not None and val_acc is not None else ""
         label, advice = diagnoses[curves.name]
