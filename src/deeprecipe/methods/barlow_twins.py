@@ -70,6 +70,11 @@ class BarlowTwins(BaseMethod):
         batch_size = len(batch.y)
         self.log("train/loss", ssl_loss, prog_bar=True, batch_size=batch_size)
         self.log(
-            "train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size
+            "train/probe_loss",
+            probe_loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
         )
         return ssl_loss + probe_loss

@@ -216,7 +216,12 @@ class Jigsaw(BaseMethod):
         jigsaw_acc = (logits.detach().argmax(dim=1) == labels).float().mean()
         self.log("train/loss", ssl_loss, prog_bar=True, batch_size=batch_size)
         self.log(
-            "train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size
+            "train/probe_loss",
+            probe_loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
         )
-        self.log("train/jigsaw_acc", jigsaw_acc, on_step=False, on_epoch=True)
+        self.log("train/jigsaw_acc", jigsaw_acc, on_step=False, on_epoch=True, sync_dist=True)
         return ssl_loss + probe_loss

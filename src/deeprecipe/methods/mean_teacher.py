@@ -135,6 +135,7 @@ class MeanTeacher(OncePerOptimizerStep, BaseMethod):
             on_step=False,
             on_epoch=True,
             batch_size=num_unlabeled,
+            sync_dist=True,  # tensors; the metric objects sync themselves
         )
         return loss
 

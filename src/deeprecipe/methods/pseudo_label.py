@@ -109,5 +109,6 @@ class PseudoLabel(BaseMethod):
             on_step=False,
             on_epoch=True,
             batch_size=num_unlabeled,
+            sync_dist=True,  # tensors; the metric objects sync themselves
         )
         return loss

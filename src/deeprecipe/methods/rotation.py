@@ -69,7 +69,12 @@ class RotationPrediction(BaseMethod):
         rotation_acc = (logits.detach().argmax(dim=1) == turns).float().mean()
         self.log("train/loss", ssl_loss, prog_bar=True, batch_size=batch_size)
         self.log(
-            "train/probe_loss", probe_loss, on_step=False, on_epoch=True, batch_size=batch_size
+            "train/probe_loss",
+            probe_loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+            sync_dist=True,
         )
-        self.log("train/rotation_acc", rotation_acc, on_step=False, on_epoch=True)
+        self.log("train/rotation_acc", rotation_acc, on_step=False, on_epoch=True, sync_dist=True)
         return ssl_loss + probe_loss
