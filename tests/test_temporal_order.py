@@ -154,6 +154,18 @@ def test_method_rejects_a_non_binary_head_and_image_batches():
         method.make_tuples(torch.randn(2, 1, 16, 16), generator(0))
 
 
+def test_process_shares_of_the_tuples_make_up_the_global_batch():
+    """Under DDP each rank draws the global batch's tuples and keeps its share (every world-th),
+    so the ranks do not repeat one pattern and the global batch matches one process."""
+    method = method_for(R2Plus1D(1, width=8))
+    clips = torch.arange(8 * 16, dtype=torch.float).view(8, 1, 16, 1, 1).expand(8, 1, 16, 2, 2)
+    whole = method.make_tuples(clips, generator(3))
+    shares = [method.make_tuples(clips[rank::2], generator(3), (rank, 2)) for rank in (0, 1)]
+    for rank, share in enumerate(shares):
+        torch.testing.assert_close(share.x, whole.x[rank::2])
+        assert torch.equal(share.y, whole.y[rank::2])
+
+
 # -------------------------------------------------------------------------- experiments
 def pretrain_checkpoint(make_cfg, path) -> TemporalOrder:
     """A fast_dev_run of temporal_order_pretrain on real clips (tiny), saved to ``path``."""

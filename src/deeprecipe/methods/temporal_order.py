@@ -178,16 +178,31 @@ class TemporalOrder(BaseMethod):
             self.tuple_seed * _SEED_STRIDE + offset
         )
 
-    def make_tuples(self, clips: Tensor, generator: torch.Generator) -> Labeled:
-        """Normalized clips ``(B, C, T, H, W)`` -> a Labeled batch of tuples and order labels."""
+    def make_tuples(
+        self, clips: Tensor, generator: torch.Generator, share: tuple[int, int] = (0, 1)
+    ) -> Labeled:
+        """Normalized clips ``(B, C, T, H, W)`` -> a Labeled batch of tuples and order labels.
+
+        ``share=(rank, world)``: the clips are this process's share (every world-th clip,
+        from ``rank``) of a global batch of ``world * B``; the tuples are drawn for the global
+        batch and the same share is kept, so the global batch's tuples do not depend on the
+        number of processes (and the ranks do not repeat one label pattern).
+        """
         if clips.ndim != 5:
             raise ConfigError(
                 f"method=temporal_order takes video clips (B, C, T, H, W) but got shape "
                 f"{tuple(clips.shape)}; use a video data config (data=video_clips)."
             )
+        rank, world = share
         indices, labels = sample_tuples(
-            clips.shape[2], len(clips), self.tuple_len, self.min_gap, self.reverse, generator
+            clips.shape[2],
+            world * len(clips),
+            self.tuple_len,
+            self.min_gap,
+            self.reverse,
+            generator,
         )
+        indices, labels = indices[rank::world], labels[rank::world]
         return Labeled(gather_frames(clips, indices), labels)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -211,7 +226,9 @@ class TemporalOrder(BaseMethod):
 
     # ------------------------------------------------------------------------ steps
     def training_step(self, batch: Unlabeled, batch_idx: int) -> Tensor:
-        tuples = self.make_tuples(batch.x, self._generator(2 * self.global_step + 1))
+        trainer = self._trainer
+        share = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        tuples = self.make_tuples(batch.x, self._generator(2 * self.global_step + 1), share)
         logits = self(tuples.x)  # (B, 2)
         loss = F.cross_entropy(logits, tuples.y)
         self.train_metrics.update(logits.detach(), tuples.y)  # train/acc, once per epoch
