@@ -514,7 +514,8 @@ def _group_settings(optimizer: Any) -> list[dict[str, Any]]:
 
 
 def _differences(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """``key: checkpoint -> config`` for the leaves where ``after`` (checkpoint) != ``before``."""
+    """``key: CHECKPOINT (checkpoint) vs CONFIG (config)`` for each leaf where the checkpoint's
+    value ``after`` differs from the configured ``before``."""
     if isinstance(before, dict) and isinstance(after, dict):
         return [
             line
